@@ -1,0 +1,166 @@
+"""`tinyllm-distill`: thin CLI over the distill stage. Parse, validate, call one function."""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+
+import click
+
+from distill.errors import UserError
+
+EXAMPLES = """\b
+examples:
+  tinyllm-distill run configs/quickstart.yaml --dry-run
+  tinyllm-distill run configs/paper/obqa.yaml train.lr=1e-4 teachers.0.alpha=0.5
+  tinyllm-distill run configs/paper/obqa.yaml teachers=[]      # answer-only baseline
+  tinyllm-distill data tinyllm-arc --path ../shared/data/arc
+  tinyllm-distill data --list
+"""
+
+
+def user_errors(fn):
+    """User mistakes end as one sentence on stderr and exit status 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Distill several teacher LLMs into one small student (TinyLLM, Tian et al. 2024).
+
+    Teachers explain why the gold answer is right (teacher-forcing chain of thought); the student
+    learns the answer and every teacher's rationale, one task prefix per teacher.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def plan(cfg) -> dict:
+    """What a run would do, computed from the config and the data (no model is loaded)."""
+    from distill.data import load_dataset
+
+    ds = load_dataset(cfg.data.name, cfg.data.path)
+    n_train = len(ds.split(cfg.data.train_split))
+    if cfg.data.max_train is not None:
+        n_train = min(n_train, cfg.data.max_train)
+    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    steps = math.ceil(n_train * cfg.train.epochs / per_step)
+    if cfg.train.max_steps is not None:
+        steps = min(steps, cfg.train.max_steps)
+    tasks = ["answer"] + [f"rationale:{t.name}" for t in cfg.teachers]
+
+    def size(split, cap):
+        n = len(ds.splits.get(split, []))
+        return min(n, cap) if cap is not None else n
+
+    return {
+        "dataset": {"name": ds.name, "path": ds.path, "train": n_train,
+                    "eval": size(cfg.data.eval_split, cfg.data.max_eval), "test": size(cfg.data.test_split, cfg.data.max_test)},
+        "teachers": [{"name": t.name, "backend": t.backend, "model": t.model, "alpha": t.alpha} for t in cfg.teachers],
+        "method": "answer-only fine-tuning" if not cfg.teachers else
+                  "distilling step-by-step (one teacher)" if len(cfg.teachers) == 1 else f"TinyLLM ({len(cfg.teachers)} teachers)",
+        "student": {"model": cfg.student.model, "lora": cfg.student.lora},
+        "tasks": tasks,
+        "rationales_to_generate": n_train * sum(1 for t in cfg.teachers if t.backend != "files"),
+        "optimizer_steps": steps,
+        "examples_per_step": per_step,
+        "output_dir": cfg.output_dir,
+    }
+
+
+@main.command(epilog=EXAMPLES)
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and the plan, then exit; loads no model.")
+@user_errors
+def run(config, overrides, dry_run):
+    """Generate rationales and train the student described by CONFIG (YAML).
+
+    OVERRIDES are KEY=VALUE pairs with dotted keys (train.lr=1e-4, teachers.0.alpha=0.5);
+    they win over the file, which wins over the defaults.
+    """
+    from distill.config import dump_yaml, load_config
+
+    cfg = load_config(config, overrides)
+    if dry_run:
+        click.echo("# resolved config")
+        click.echo(dump_yaml(cfg))
+        click.echo("# plan")
+        click.echo(json.dumps(plan(cfg), indent=2))
+        return
+    raise UserError("generation and training are not built yet (issues #3 and #4); use --dry-run to check a config.")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@main.command(epilog=EXAMPLES)
+@click.argument("name", required=False)
+@click.option("--path", type=click.Path(), help="The dataset's folder, e.g. ../shared/data/arc.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (splits, answers, notes) instead of text.")
+@click.option("--list", "list_names", is_flag=True, help="List the dataset names and exit.")
+@click.option("--schema", is_flag=True, help="Print the JSONL schema for your own data and exit.")
+@click.option("--rationales", is_flag=True, help="Also parse the paper's released teacher rationales (tinyllm-* only).")
+@user_errors
+def data(name, path, as_json, list_names, schema, rationales):
+    """Check a dataset before spending GPU hours: split sizes, answer distribution, one example."""
+    from distill.data import JSONL_SCHEMA, REGISTRY, describe, load_dataset
+    from distill.prompts import render_answer, render_question
+
+    if schema:
+        click.echo(JSONL_SCHEMA)
+        return
+    if list_names or not name:
+        for key, (folder, _, desc) in REGISTRY.items():
+            click.echo(f"  {key:22s} {desc}")
+        click.echo(f"  {'hf:<id>[:<config>]':22s} a Hugging Face Hub dataset (needs the network)")
+        return
+    ds = load_dataset(name, path)
+    info = describe(ds)
+    if rationales:
+        if not name.startswith("tinyllm-"):
+            raise UserError("--rationales reads the paper's released rationales, which exist only for the tinyllm-* datasets.")
+        from distill.rationales import load_paper_rationales
+
+        info["rationales"] = {}
+        for split, rows in ds.splits.items():
+            parsed = load_paper_rationales(ds.path, split, rows)
+            info["rationales"][split] = {"counts": parsed.counts(), "unparsed": len(parsed.unparsed),
+                                         "unparsed_first": parsed.unparsed[:5]}
+    first_split = next(iter(ds.splits))
+    sample = ds.splits[first_split][0] if ds.splits[first_split] else None
+    if as_json:
+        info["example"] = sample.to_json() if sample else None
+        click.echo(json.dumps(info, ensure_ascii=False))
+        return
+    click.echo(f"{info['name']}  ({info['path']})")
+    for split, n in info["splits"].items():
+        answers = ", ".join(f"{k}:{v}" for k, v in info["answers"][split].items())
+        click.echo(f"  {split:8s} {n:6d}   answers {answers}")
+    for split, r in info.get("rationales", {}).items():
+        click.echo(f"  rationales {split}: " + ", ".join(f"{t} {n}" for t, n in r["counts"].items())
+                   + f"; unparsed {r['unparsed']}")
+        for line in r["unparsed_first"]:
+            click.echo(f"    - {line}")
+    for note in info["notes"]:
+        click.echo(f"  note: {note}")
+    if sample:
+        click.echo(f"\nexample ({first_split}, id {sample.id}):")
+        text = render_question(sample)
+        click.echo("  " + (text if len(text) < 1200 else text[:1200] + " …").replace("\n", "\n  "))
+        click.echo(f"  gold: {render_answer(sample)}")
+
+
+if __name__ == "__main__":
+    main()

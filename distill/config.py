@@ -1,0 +1,369 @@
+"""One typed config for all three stages.
+
+Loaded from YAML, then `key=value` overrides from the command line (dotted keys, list items by
+index: `train.lr=1e-4`, `teachers.0.alpha=0.5`, `teachers=[]`). Precedence: CLI > file > defaults.
+Unknown keys and wrong types raise UserError naming the key and where it came from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from distill.errors import UserError
+
+# ---------------------------------------------------------------------------------------------
+# The schema. Every field has a default except where a value only the user can know is needed.
+
+TEACHER_BACKENDS = ("llama.cpp", "transformers", "openai", "files")
+
+
+@dataclass
+class DataConfig:
+    name: str = "tinyllm-obqa"
+    """Dataset name (see `tinyllm-distill data --list`), `hf:<hub id>[:<config>]`, or `jsonl`."""
+    path: str | None = None
+    """Dataset folder; default $TINYLLM_DATA_DIR/<folder>, else ../shared/data/<folder>."""
+    train_split: str = "train"
+    eval_split: str = "valid"
+    test_split: str = "test"
+    max_train: int | None = None
+    """Use only the first N training questions (None = all). Lower it for a quick pilot."""
+    max_eval: int | None = None
+    max_test: int | None = None
+
+
+@dataclass
+class TeacherConfig:
+    name: str
+    """Short name; also the rationale task prefix the student learns (`explain_<name>:`)."""
+    backend: Literal["llama.cpp", "transformers", "openai", "files"]
+    model: str | None = None
+    """GGUF path or packaged name (llama.cpp), directory or hub id (transformers),
+    served model name (openai), rationale source (files: flan-t5-xl | llama-2-7b | a JSONL path)."""
+    alpha: float = 1.0
+    """Weight of this teacher's rationale loss; the paper searches {0.01, 0.1, 0.5, 1, 2, 3}."""
+    base_url: str | None = None
+    """openai backend: e.g. http://127.0.0.1:8000/v1."""
+    api_key_env: str | None = None
+    """openai backend: name of the environment variable holding the API key (never the key)."""
+    chat: bool | None = None
+    """Use the model's chat template (None = when it has one)."""
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    concurrency: int = 4
+    """openai backend: requests in flight at once."""
+    timeout_s: float = 120.0
+    n_ctx: int = 2048
+    """llama.cpp backend: context window; k in-context examples must fit in it."""
+    trust_remote_code: bool = False
+
+
+@dataclass
+class RationaleConfig:
+    template: str = "tf-cot-v1"
+    """Teacher-forcing CoT prompt template (versioned; part of the cache key)."""
+    k_shot: int = 2
+    """In-context examples per prompt (the paper uses a few; more costs context and time)."""
+    selection: Literal["random", "similar"] = "random"
+    """How in-context examples are picked: random (the paper) or by lexical overlap."""
+    seed: int = 0
+    cache_dir: str = "runs/cache"
+    """Append-only rationale store shared by runs; a re-run generates nothing already stored."""
+    keep_rejected: bool = False
+    """Train on rationales the quality filter rejected (off: they are kept, counted, not used)."""
+
+
+@dataclass
+class StudentConfig:
+    model: str = "smollm2-135m-instruct"
+    """Packaged name, local directory, GGUF file, or hub id."""
+    architecture: Literal["auto", "decoder", "seq2seq"] = "auto"
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    answer_prefix: str = "predict:"
+    rationale_prefix: str = "explain_{teacher}:"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 5e-5
+    epochs: float = 1.0
+    max_steps: int | None = None
+    """Stop after N optimizer steps (None = run all epochs)."""
+    batch_size: int = 8
+    """Questions per step; lower it if you run out of memory (raise grad_accum to compensate)."""
+    grad_accum: int = 1
+    max_length: int = 512
+    """Tokens per sequence; longer inputs are cut from the left of the question."""
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    gradient_checkpointing: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    eval_every: int = 0
+    save_every: int = 0
+    seed: int = 0
+    eval_method: Literal["loglik", "generate", "both"] = "both"
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None
+    """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db."""
+    experiment: str = "tinyllm"
+    register_as: str | None = None
+    """Register the student under this model name."""
+    system_metrics: bool = True
+
+
+@dataclass
+class ExportConfig:
+    formats: list[str] = field(default_factory=lambda: ["gguf", "onnx"])
+    gguf_quant: list[str] = field(default_factory=lambda: ["q4_k_m"])
+    onnx_quant: list[str] = field(default_factory=lambda: ["none"])
+    max_logit_diff: float = 1e-2
+    """ONNX and GGUF f16: largest allowed |logit difference| against torch."""
+    min_top1_agreement: float = 0.9
+    """Quantized GGUF: share of positions whose top-1 token matches torch."""
+    max_mean_kl: float = 0.1
+    parity_prompts: int = 8
+
+
+@dataclass
+class BenchConfig:
+    limit: int | None = None
+    """Questions from the test split (None = all)."""
+    threads: int = 2
+    warmup: int = 1
+    repeats: int = 3
+    contestants: list[str] = field(default_factory=list)
+    """Empty = every form of the student plus every teacher."""
+    timeout_s: float = 600.0
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    teachers: list[TeacherConfig] = field(default_factory=list)
+    rationales: RationaleConfig = field(default_factory=RationaleConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building typed objects from plain YAML values.
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp in _TYPE_WORDS:
+        return _TYPE_WORDS[tp]
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return "a list"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return str(tp)
+
+
+def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+
+    def wrong() -> UserError:
+        return UserError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}.")
+
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key, source)
+            except UserError:
+                pass
+        raise wrong()
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise wrong()
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise wrong()
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(item_tp, v, f"{key}.{i}", source) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise wrong()
+        return _build(tp, value, key, source)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong()
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 2e-5 (no dot) as a string; people write it that way.
+            try:
+                return float(value)
+            except ValueError:
+                raise wrong() from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong()
+        return float(value)
+    if tp is str:
+        # YAML turns bare 1e-4 or 3 into numbers; a string field never wants a mapping or list.
+        if isinstance(value, (dict, list)) or value is None:
+            raise wrong()
+        return str(value)
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown_key(cls: type, name: str, prefix: str, source: str) -> UserError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" Did you mean '{prefix}{close[0]}'?" if close else f" Known keys: {', '.join(names)}."
+    return UserError(f"{source}: unknown key '{prefix}{name}'.{hint}")
+
+
+def _build(cls: type, raw: dict, key: str, source: str) -> Any:
+    prefix = f"{key}." if key else ""
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in raw:
+        if name not in fields:
+            raise _unknown_key(cls, str(name), prefix, source)
+    kwargs = {}
+    for name, f in fields.items():
+        if name in raw:
+            kwargs[name] = _convert(hints[name], raw[name], prefix + name, source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"{source}: '{prefix.rstrip('.') or 'config'}' is missing the required key '{prefix}{name}'.")
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overriding, validating, writing.
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file at `path`, then each `key=value` override in order."""
+    cfg = Config()
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UserError(f"config file {source} does not exist; pass the path to a YAML file such as configs/quickstart.yaml.")
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise UserError(f"{source}{where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax there.")
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise UserError(f"{source}: the top level must be a mapping of keys such as 'data:' and 'train:'.")
+        cfg = _build(Config, raw, "", source)
+    for item in overrides:
+        apply_override(cfg, item)
+    validate(cfg)
+    return cfg
+
+
+def apply_override(cfg: Config, item: str) -> None:
+    source = f"command-line override '{item}'"
+    if "=" not in item:
+        raise UserError(f"{source}: write overrides as key=value, e.g. train.lr=1e-4.")
+    dotted, _, text = item.partition("=")
+    parts = dotted.strip().split(".")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    target: Any = cfg
+    for depth, part in enumerate(parts):
+        prefix = ".".join(parts[:depth])
+        last = depth == len(parts) - 1
+        if isinstance(target, list):
+            if not part.isdigit() or int(part) >= len(target):
+                raise UserError(f"{source}: '{prefix}' has {len(target)} item(s); '{part}' is not a valid index.")
+            if last:
+                item_tp = type(target[int(part)])
+                target[int(part)] = _convert(item_tp, value, dotted, source)
+                return
+            target = target[int(part)]
+            continue
+        if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
+            raise _unknown_key(type(target), part, prefix + "." if prefix else "", source)
+        if last:
+            tp = _hints(type(target))[part]
+            setattr(target, part, _convert(tp, value, dotted, source))
+            return
+        target = getattr(target, part)
+
+
+def validate(cfg: Config) -> None:
+    """Checks that cross fields; type checks already happened while building."""
+    seen = set()
+    for i, t in enumerate(cfg.teachers):
+        where = f"teachers.{i} ({t.name})"
+        if t.name in seen:
+            raise UserError(f"{where}: two teachers are named '{t.name}'; give each a unique name.")
+        seen.add(t.name)
+        if not t.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise UserError(f"{where}: use letters, digits, '-', '_' or '.' in a teacher name.")
+        if t.alpha < 0:
+            raise UserError(f"{where}: alpha must be >= 0, got {t.alpha}.")
+        if t.backend != "files" and not t.model:
+            raise UserError(f"{where}: the {t.backend} backend needs 'model'.")
+        if t.backend == "openai" and not t.base_url:
+            raise UserError(f"{where}: the openai backend needs 'base_url', e.g. http://127.0.0.1:8000/v1.")
+    if cfg.train.batch_size < 1 or cfg.train.grad_accum < 1:
+        raise UserError("train.batch_size and train.grad_accum must be at least 1.")
+    if cfg.rationales.k_shot < 0:
+        raise UserError("rationales.k_shot must be >= 0.")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def write_resolved(cfg: Config, out_dir: str | os.PathLike) -> Path:
+    """Write the resolved config next to an output, so every result says what made it."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "resolved_config.yaml"
+    path.write_text(dump_yaml(cfg), encoding="utf-8")
+    return path

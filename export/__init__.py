@@ -1,0 +1,1 @@
+"""Stage 2 of TinyLLM: the trained student as ONNX and GGUF, each checked against torch."""

@@ -1,0 +1,48 @@
+"""`tinyllm-export`: thin CLI over the export stage."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from distill.cli import user_errors
+from distill.errors import UserError
+
+EXAMPLES = """\b
+examples:
+  tinyllm-export runs/quickstart/student --format gguf --quant q4_k_m --out runs/quickstart/gguf
+  tinyllm-export runs/quickstart/student --format onnx --quant int8 --out runs/quickstart/onnx
+  tinyllm-export --run <MLFLOW_RUN_ID> --format gguf --out student-gguf
+"""
+
+
+@click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source", required=False)
+@click.argument("overrides", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "gguf"]), required=True, help="Target runtime format.")
+@click.option("--quant", help="gguf: f16, q8_0 or q4_k_m (what people ship); onnx: none or int8 (dynamic quantization).")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (self-contained: model, tokenizer, parity report, README).")
+@click.option("--run", "run_id", help="Export the student of this distill run (MLflow run id) instead of SOURCE.")
+@click.option("-c", "--config", type=click.Path(dir_okay=False), help="YAML config whose export: section sets thresholds.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and the plan, then exit.")
+@user_errors
+def main(source, overrides, fmt, quant, out, run_id, config, dry_run):
+    """Turn a trained student (SOURCE: a local folder, runs:/… or models:/name/version) into ONNX or GGUF.
+
+    Every export is checked against the torch model on real prompts; a parity failure exits
+    non-zero and keeps the files for inspection.
+    """
+    from distill.config import dump_yaml, load_config
+
+    if not source and not run_id:
+        raise UserError("give a SOURCE (model folder, runs:/… or models:/…) or --run RUN_ID.")
+    cfg = load_config(config, overrides)
+    if dry_run:
+        click.echo(dump_yaml(cfg))
+        click.echo(json.dumps({"source": source or f"run {run_id}", "format": fmt, "quant": quant, "out": out}, indent=2))
+        return
+    raise UserError("the exporter is not built yet (issue #5); use --dry-run to check the arguments.")
+
+
+if __name__ == "__main__":
+    main()
