@@ -13,6 +13,7 @@ from distill.errors import UserError
 EXAMPLES = """\b
 examples:
   tinyllm-distill run configs/quickstart.yaml --dry-run
+  tinyllm-distill generate configs/quickstart.yaml data.max_train=20
   tinyllm-distill run configs/paper/obqa.yaml train.lr=1e-4 teachers.0.alpha=0.5
   tinyllm-distill run configs/paper/obqa.yaml teachers=[]      # answer-only baseline
   tinyllm-distill data tinyllm-arc --path ../shared/data/arc
@@ -100,6 +101,24 @@ def run(config, overrides, dry_run):
         click.echo(json.dumps(plan(cfg), indent=2))
         return
     raise UserError("generation and training are not built yet (issues #3 and #4); use --dry-run to check a config.")
+
+
+@main.command(epilog=EXAMPLES)
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--no-mlflow", is_flag=True, help="Do not log this run to MLflow.")
+@user_errors
+def generate(config, overrides, no_mlflow):
+    """Only the first half of a run: every training question gets a rationale from every teacher.
+
+    Rationales go to an append-only cache (rationales.cache_dir); a re-run generates only what is
+    missing, and a run killed part-way loses at most the requests in flight.
+    """
+    from distill.config import load_config
+    from distill.pipeline import generate as run_generate
+
+    report = run_generate(load_config(config, overrides), track=not no_mlflow)
+    click.echo(json.dumps(report, indent=2))
 
 
 # ---------------------------------------------------------------------------------------------

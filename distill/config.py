@@ -77,6 +77,8 @@ class RationaleConfig:
     seed: int = 0
     cache_dir: str = "runs/cache"
     """Append-only rationale store shared by runs; a re-run generates nothing already stored."""
+    threads: int | None = None
+    """CPU threads for in-process teachers (llama.cpp, transformers); None = all cores."""
     keep_rejected: bool = False
     """Train on rationales the quality filter rejected (off: they are kept, counted, not used)."""
 

@@ -62,27 +62,28 @@ def short_answer(ex: Example) -> str:
     return f"({ex.answer_letter})" if ex.choices else str(ex.target)
 
 
-def _block(ex: Example) -> str:
-    return f"{render_question(ex)}\nCorrect answer: {render_answer(ex)}\nExplanation:"
+def _answered(ex: Example) -> str:
+    return f"{render_question(ex)}\nCorrect answer: {render_answer(ex)}"
 
 
 def teacher_prompt(ex: Example, demos: list[Example], template: str = "tf-cot-v1") -> TeacherPrompt:
+    """Both forms of one prompt. A demo shows its explanation only when the data has a gold fact
+    for it; an empty "Explanation:" would teach a base model to write nothing."""
     if template not in TEMPLATES:
         raise UserError(f"unknown rationale template '{template}'; known: {', '.join(TEMPLATES)}.")
     t = TEMPLATES[template]
     instruction = t["instruction"].format(answer=short_answer(ex))
     shots = []
     for d in demos:
-        shot = _block(d)
+        shot = _answered(d)
         if d.fact:
-            shot += f" {d.fact.strip().rstrip('.')}. " + t["conclusion"].format(answer=short_answer(d))
+            shot += f"\nExplanation: {d.fact.strip().rstrip('.')}. " + t["conclusion"].format(answer=short_answer(d))
         shots.append(shot)
-    body = "\n\n".join(shots + [_block(ex)])
-    return TeacherPrompt(
-        example_id=ex.id,
-        messages=[{"role": "user", "content": f"{instruction}\n\n{body}"}],
-        text=f"{instruction}\n\n{body}",
-    )
+    target = _answered(ex)
+    text = "\n\n".join([instruction, *shots, target + "\nExplanation:"])
+    examples = ("Examples:\n\n" + "\n\n".join(shots) + "\n\nNow this question:\n") if shots else ""
+    chat = f"{instruction}\n\n{examples}{target}\n\nExplain why this answer is correct."
+    return TeacherPrompt(example_id=ex.id, messages=[{"role": "user", "content": chat}], text=text)
 
 
 # ---------------------------------------------------------------------------------------------

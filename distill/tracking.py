@@ -1,0 +1,134 @@
+"""MLflow, the way every stage uses it: one run per command, on rank 0 only, always ended.
+
+The default store is local (sqlite under runs/, no server to start); MLFLOW_TRACKING_URI or
+tracking.uri points it anywhere (a team server on PostgreSQL, see mlflow/README.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+from distill.errors import require
+
+DEFAULT_DIR = Path("runs")
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def tracking_uri(cfg) -> str:
+    if cfg.tracking.uri:
+        return cfg.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    DEFAULT_DIR.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(DEFAULT_DIR / 'mlflow.db').resolve()}"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for i, item in enumerate(v):
+                out.update(_flatten(item, f"{key}.{i}."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, dict)) else v
+    return out
+
+
+def provenance() -> dict:
+    """What ran: git commit, Python and key package versions."""
+    info = {"python": platform.python_version()}
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                            cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        info["git_commit"] = "unknown"
+    from importlib.metadata import PackageNotFoundError, version
+
+    for pkg in ("torch", "transformers", "llama-cpp-python", "mlflow", "optimum-onnx", "onnxruntime"):
+        try:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return info
+
+
+class NullRun:
+    """Stands in on non-zero ranks and with tracking off: every call does nothing."""
+
+    run_id = None
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+class Run:
+    def __init__(self, mlflow, run):
+        self.mlflow, self.run_id = mlflow, run.info.run_id
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_params(self, params: dict) -> None:
+        self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+
+    def set_tags(self, tags: dict) -> None:
+        self.mlflow.set_tags(tags)
+
+    def log_text(self, text: str, path: str) -> None:
+        self.mlflow.log_text(text, path)
+
+    def log_dict(self, d: dict, path: str) -> None:
+        self.mlflow.log_dict(d, path)
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.mlflow.log_artifact(path, artifact_path)
+
+    def log_artifacts(self, path: str, artifact_path: str | None = None) -> None:
+        self.mlflow.log_artifacts(path, artifact_path)
+
+
+@contextlib.contextmanager
+def mlflow_run(cfg, stage: str, run_name: str | None = None, tags: dict | None = None, enabled: bool = True):
+    """Start a run, log the resolved config and provenance, and always end it: FINISHED on success,
+    KILLED on Ctrl-C, FAILED on any error, so no run is left RUNNING."""
+    if not enabled or not is_main_process():
+        yield NullRun()
+        return
+    from distill.config import dump_yaml, to_dict
+
+    mlflow = require("mlflow")
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is None:
+        location = None
+        if not cfg.tracking.uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+            location = (DEFAULT_DIR / "mlartifacts").resolve().as_uri()
+        exp_id = mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    run = mlflow.start_run(experiment_id=exp_id, run_name=run_name,
+                           tags={"tinyllm.stage": stage, **(tags or {})},
+                           log_system_metrics=cfg.tracking.system_metrics)
+    status = "FAILED"
+    try:
+        r = Run(mlflow, run)
+        r.log_params(_flatten(to_dict(cfg)))
+        r.log_text(dump_yaml(cfg), "resolved_config.yaml")
+        r.set_tags({f"tinyllm.{k}": v for k, v in provenance().items()})
+        yield r
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.end_run(status=status)
