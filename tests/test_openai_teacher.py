@@ -1,0 +1,172 @@
+"""The `openai` backend against real HTTP servers on 127.0.0.1, and a generate run killed with SIGKILL.
+
+The servers here speak the OpenAI chat-completions wire format and answer with the gold answer they
+were shown; tests/test_slow_teachers.py runs the same backend against a real llama_cpp.server.
+Run: pytest tests/test_openai_teacher.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from distill.config import TeacherConfig
+from distill.errors import UserError
+from distill.prompts import teacher_prompt
+from distill.data import Example
+from distill.teachers import OpenAITeacher
+
+
+class FakeServer:
+    """`fail_first`: answer HTTP 500 to that many requests; `hang_after`: never answer after that many
+    successes; `delay`: seconds per answer. Records every Authorization header it sees."""
+
+    def __init__(self, fail_first=0, hang_after=None, delay=0.0):
+        self.fail_first, self.hang_after, self.delay = fail_first, hang_after, delay
+        self.requests = self.answered = 0
+        self.auth = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests += 1
+                    server.auth.append(self.headers.get("Authorization"))
+                    fail = server.requests <= server.fail_first
+                    hang = server.hang_after is not None and server.answered >= server.hang_after
+                    if not fail and not hang:
+                        server.answered += 1
+                if fail:
+                    self.send_response(500)
+                    self.end_headers()
+                    self.wfile.write(b"overloaded")
+                    return
+                if hang:
+                    time.sleep(30)
+                    return
+                time.sleep(server.delay)
+                prompt = body["messages"][-1]["content"]
+                answer = prompt.rsplit("Correct answer: ", 1)[1].split("\n")[0]
+                out = {"choices": [{"message": {"role": "assistant", "content": f"Known fact. So the answer is {answer}."},
+                                    "finish_reason": "stop"}], "usage": {"completion_tokens": 7}}
+                data = json.dumps(out).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server_factory():
+    made = []
+
+    def make(**kw):
+        made.append(FakeServer(**kw))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+EXS = [Example(f"e{i}", f"question {i}", ("x", "y"), i % 2) for i in range(4)]
+
+
+def teacher(url, **kw):
+    return OpenAITeacher(TeacherConfig(name="remote", backend="openai", model="m", base_url=url, **kw))
+
+
+def test_retries_500_then_succeeds(server_factory, monkeypatch):
+    monkeypatch.setattr(OpenAITeacher, "RETRIES", 3)
+    srv = server_factory(fail_first=2)
+    got = dict(teacher(srv.url, concurrency=1).generate([teacher_prompt(EXS[1], [])]))
+    assert got[0].text == "Known fact. So the answer is (b) y." and got[0].completion_tokens == 7
+    assert srv.requests == 3
+
+
+def test_gives_up_after_retries_with_a_clear_error(server_factory, monkeypatch):
+    monkeypatch.setattr(OpenAITeacher, "RETRIES", 1)
+    srv = server_factory(fail_first=99)
+    with pytest.raises(UserError, match=r"answered HTTP 500 \(overloaded\)"):
+        list(teacher(srv.url).generate([teacher_prompt(EXS[0], [])]))
+    assert srv.requests == 2
+
+
+def test_silent_server_times_out_and_keeps_what_was_received(server_factory):
+    srv = server_factory(hang_after=2)
+    received = []
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=r"gave no answer within 1s .*already received are saved"):
+        for i, gen in teacher(srv.url, concurrency=1, timeout_s=1.0).generate([teacher_prompt(e, []) for e in EXS]):
+            received.append(i)
+    assert received == [0, 1]
+    assert time.perf_counter() - start < 10
+
+
+def test_api_key_comes_from_the_environment_only(server_factory, monkeypatch):
+    srv = server_factory()
+    with pytest.raises(UserError, match="TEACHER_KEY"):
+        teacher(srv.url, api_key_env="TEACHER_KEY")
+    monkeypatch.setenv("TEACHER_KEY", "sk-secret")
+    list(teacher(srv.url, api_key_env="TEACHER_KEY").generate([teacher_prompt(EXS[0], [])]))
+    assert srv.auth == ["Bearer sk-secret"]
+
+
+def test_concurrency_overlaps_requests(server_factory):
+    srv = server_factory(delay=0.3)
+    prompts = [teacher_prompt(e, []) for e in EXS]
+    start = time.perf_counter()
+    got = dict(teacher(srv.url, concurrency=4).generate(prompts))
+    assert sorted(got) == [0, 1, 2, 3]
+    assert time.perf_counter() - start < 0.3 * 4  # four answers in about the time of one or two
+
+
+def test_sigkill_mid_run_then_rerun_gives_every_record_once(server_factory, tmp_path):
+    srv = server_factory(delay=0.05)
+    (tmp_path / "c.yaml").write_text(f"""
+output_dir: {tmp_path}/out
+data: {{name: demo, max_train: 60}}
+rationales: {{cache_dir: {tmp_path}/cache, k_shot: 1}}
+teachers:
+  - {{name: remote, backend: openai, model: m, base_url: "{srv.url}", concurrency: 2}}
+""")
+    cmd = [str(Path(sys.executable).parent / "tinyllm-distill"), "generate", str(tmp_path / "c.yaml"), "--no-mlflow"]
+    cache = tmp_path / "cache" / "remote.jsonl"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 15):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len([line for line in cache.read_text().splitlines() if line.strip()])
+    assert 15 <= before < 60, "the kill should land part-way"
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert len(records) == 60 and len({r["key"] for r in records}) == 60
+    report = json.loads(r.stdout)
+    assert report["remote"]["generated"] == 60 - report["remote"]["cached"]
+    assert report["remote"]["cached"] >= before - 1  # at most a partial line was lost
