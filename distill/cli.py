@@ -14,6 +14,8 @@ EXAMPLES = """\b
 examples:
   tinyllm-distill run configs/quickstart.yaml --dry-run
   tinyllm-distill generate configs/quickstart.yaml data.max_train=20
+  tinyllm-distill run configs/quickstart.yaml train.save_every=20; tinyllm-distill run configs/quickstart.yaml --resume
+  tinyllm-distill eval configs/quickstart.yaml --model runs/quickstart/student
   tinyllm-distill run configs/paper/obqa.yaml train.lr=1e-4 teachers.0.alpha=0.5
   tinyllm-distill run configs/paper/obqa.yaml teachers=[]      # answer-only baseline
   tinyllm-distill data tinyllm-arc --path ../shared/data/arc
@@ -84,8 +86,10 @@ def plan(cfg) -> dict:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the plan, then exit; loads no model.")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in output_dir (needs train.save_every).")
+@click.option("--no-mlflow", is_flag=True, help="Do not log this run to MLflow.")
 @user_errors
-def run(config, overrides, dry_run):
+def run(config, overrides, dry_run, resume, no_mlflow):
     """Generate rationales and train the student described by CONFIG (YAML).
 
     OVERRIDES are KEY=VALUE pairs with dotted keys (train.lr=1e-4, teachers.0.alpha=0.5);
@@ -100,7 +104,31 @@ def run(config, overrides, dry_run):
         click.echo("# plan")
         click.echo(json.dumps(plan(cfg), indent=2))
         return
-    raise UserError("generation and training are not built yet (issues #3 and #4); use --dry-run to check a config.")
+    from distill.pipeline import distill
+
+    summary = distill(cfg, resume=resume, track=not no_mlflow)
+    from distill.tracking import is_main_process
+
+    if is_main_process():
+        click.echo(json.dumps(summary, indent=2))
+
+
+@main.command("eval", epilog=EXAMPLES)
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--model", help="Evaluate this model instead of student.model (a folder, .gguf or packaged name).")
+@click.option("--split", help="Which split (default: data.test_split).")
+@click.option("--no-mlflow", is_flag=True, help="Do not log this run to MLflow.")
+@user_errors
+def eval_cmd(config, overrides, model, split, no_mlflow):
+    """Accuracy of a model without training (the paper's zero-shot "inference" baseline) or of a trained student."""
+    from distill.config import load_config
+    from distill.pipeline import evaluate_model
+
+    cfg = load_config(config, overrides)
+    if model:
+        cfg.student.model = model
+    click.echo(json.dumps(evaluate_model(cfg, split or cfg.data.test_split, track=not no_mlflow), indent=2))
 
 
 @main.command(epilog=EXAMPLES)

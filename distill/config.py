@@ -105,14 +105,21 @@ class TrainConfig:
     batch_size: int = 8
     """Questions per step; lower it if you run out of memory (raise grad_accum to compensate)."""
     grad_accum: int = 1
+    micro_batch_tokens: int = 4096
+    """Padded tokens per forward pass (all tasks of a step share them, length-sorted); lower it if
+    you run out of memory: the loss is the same, only the number of passes grows."""
     max_length: int = 512
     """Tokens per sequence; longer inputs are cut from the left of the question."""
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     gradient_checkpointing: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    max_grad_norm: float = 1.0
+    log_every: int = 10
     eval_every: int = 0
+    """Evaluate on the eval split every N steps (0 = only at the end)."""
     save_every: int = 0
+    """Checkpoint every N steps for --resume (0 = never)."""
     seed: int = 0
     eval_method: Literal["loglik", "generate", "both"] = "both"
 

@@ -149,7 +149,11 @@ def tokenizer_from_gguf(path: Path, meta: dict | None = None):
         tokenizer_object=tk, bos_token=bos, eos_token=tok_at("tokenizer.ggml.eos_token_id"),
         unk_token=tok_at("tokenizer.ggml.unknown_token_id"), pad_token=tok_at("tokenizer.ggml.padding_token_id"),
         chat_template=meta.get("tokenizer.chat_template"), clean_up_tokenization_spaces=False,
+        model_input_names=["input_ids", "attention_mask"],
     )
+
+
+CONVERSION_VERSION = "v2"
 
 
 def _progress(msg: str) -> None:
@@ -169,11 +173,12 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, dtype=None):
     if name in PACKAGED or name.endswith(".gguf"):
         path = resolve_gguf(name)
         identity = file_identity(path)
-        converted = cache_root() / "hf" / identity.replace(":", "-")
+        # The suffix versions our conversion: a fix to it must not reuse an older conversion.
+        converted = cache_root() / "hf" / (identity.replace(":", "-") + f"-{CONVERSION_VERSION}")
         if not (converted / "model.safetensors").exists():
             _progress(f"converting {path.name} to a transformers model (once; cached in {converted})")
             meta = gguf_metadata(path)
-            model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, torch_dtype=dtype)
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
             tok = tokenizer_from_gguf(path, meta)
             model.generation_config.eos_token_id = tok.eos_token_id
             model.generation_config.bos_token_id = tok.bos_token_id
@@ -195,6 +200,6 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, dtype=None):
             identity = f"{folder.resolve().name}:" + hashlib.sha256(
                 cfg_file.read_bytes() + b"".join(str(w.stat().st_size).encode() for w in weights)).hexdigest()[:16]
     tok = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    model = transformers.AutoModelForCausalLM.from_pretrained(source, torch_dtype=dtype, use_safetensors=True,
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
                                                               trust_remote_code=trust_remote_code)
     return model, tok, identity

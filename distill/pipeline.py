@@ -51,3 +51,84 @@ def log_generation(run, stats, accepted, out: Path) -> dict:
     run.log_dict(report, "generation/stats.json")
     run.log_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in sample), "generation/sample.jsonl")
     return report
+
+
+def distill(cfg: Config, resume: bool = False, track: bool = True) -> dict:
+    """`tinyllm-distill run`: rationales from every teacher, then the multi-task student, one MLflow run."""
+    from distill.rationales import generate_rationales
+    from distill.tracking import is_main_process, mlflow_run
+    from distill.train import train_student
+
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # joins the process group under torchrun
+    out = Path(cfg.output_dir)
+    if is_main_process():
+        write_resolved(cfg, out)
+    ds, train = training_examples(cfg)
+    evals = ds.splits.get(cfg.data.eval_split, [])
+    if cfg.data.max_eval is not None:
+        evals = evals[: cfg.data.max_eval]
+    tags = {"tinyllm.dataset": ds.name, "tinyllm.student": cfg.student.model,
+            "tinyllm.method": "answer-only" if not cfg.teachers else "step-by-step" if len(cfg.teachers) == 1 else "tinyllm"}
+    with mlflow_run(cfg, "distill", run_name=f"distill-{ds.name}", tags=tags, enabled=track) as run:
+        run.log_params({"data.fingerprint.train": ds.fingerprint(cfg.data.train_split), "data.n_train": len(train),
+                        "data.n_eval": len(evals), "teachers": ",".join(t.name for t in cfg.teachers) or "none"})
+        rationales: dict[str, dict[str, str]] = {}
+        if cfg.teachers:
+            # Rank 0 talks to the teachers; the other ranks read the rationales it settled on.
+            shared = out / "rationales_used.json"
+            if is_main_process():
+                stats, rationales = generate_rationales(cfg, ds, train, ds.split(cfg.data.train_split), log=log)
+                log_generation(run, stats, rationales, out)
+                shared.write_text(json.dumps(rationales))
+            state.wait_for_everyone()
+            if not is_main_process():
+                rationales = json.loads(shared.read_text())
+        run.log_params({f"rationales.{t}": len(texts) for t, texts in rationales.items()})
+        result = train_student(cfg, train, rationales, evals, run, resume=resume, log=log)
+        if is_main_process() and "student_dir" in result:
+            if "eval" in result:
+                (out / "eval_predictions.jsonl").write_text(
+                    "".join(json.dumps(p) + "\n" for p in result["eval"]["predictions"]))
+                run.log_artifact(str(out / "eval_predictions.jsonl"), "eval")
+            run.log_artifacts(result["student_dir"], "student")
+            run.log_artifact(str(out / "resolved_config.yaml"))
+            if cfg.tracking.register_as:
+                register_student(run, cfg.tracking.register_as)
+        summary = {"student_dir": result.get("student_dir"), "steps": result["steps"], "run_id": run.run_id,
+                   **{k: v for k, v in result.get("eval", {}).items() if k.startswith("accuracy") or k == "n"}}
+        if is_main_process():
+            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def register_student(run, name: str) -> None:
+    """Register the run's student folder as a model version under `name`."""
+    import mlflow
+
+    mlflow.register_model(f"runs:/{run.run_id}/student", name)
+
+
+def evaluate_model(cfg: Config, split: str, track: bool = True) -> dict:
+    """`tinyllm-distill eval`: accuracy of cfg.student.model on a split, with no training."""
+    from distill.tracking import mlflow_run
+    from distill.train import PromptFormat, evaluate, load_student
+
+    ds = load_dataset(cfg.data.name, cfg.data.path)
+    examples = ds.split(split)
+    cap = cfg.data.max_test if split == cfg.data.test_split else cfg.data.max_eval
+    if cap is not None:
+        examples = examples[:cap]
+    model, tok, identity = load_student(cfg.student)
+    folder = Path(cfg.student.model)
+    fmt = PromptFormat.load(folder) if folder.is_dir() else PromptFormat(cfg.student.answer_prefix, cfg.student.rationale_prefix)
+    with mlflow_run(cfg, "eval", run_name=f"eval-{ds.name}", enabled=track,
+                    tags={"tinyllm.dataset": ds.name, "tinyllm.student": cfg.student.model, "tinyllm.method": "zero-shot"
+                          if not folder.is_dir() else "trained"}) as run:
+        res = evaluate(model, tok, fmt, examples, cfg.train.eval_method, log=log)
+        metrics = {k: v for k, v in res.items() if k.startswith("accuracy")}
+        run.log_metrics({f"{split}_{k}": v for k, v in metrics.items()})
+        run.log_params({"eval.split": split, "eval.n": res["n"], "student.identity": identity})
+    return {"model": cfg.student.model, "split": split, "n": res["n"], **metrics, "run_id": run.run_id}

@@ -15,3 +15,43 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} is absent: the real datasets live in ../shared/data beside the checkout")
     return SHARED_DATA
+
+
+def make_tiny_student(folder: Path, texts: list[str], arch: str = "llama", seed: int = 0) -> Path:
+    """A random-init student small enough to train in seconds, with a word-level tokenizer over `texts`."""
+    import re
+
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t)})
+    vocab = {w: i for i, w in enumerate(specials + words)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                               eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
+    torch.manual_seed(seed)
+    if arch == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                                       pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=True)
+        model = transformers.LlamaForCausalLM(cfg)
+    else:
+        cfg = transformers.T5Config(vocab_size=len(vocab), d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4,
+                                    pad_token_id=0, eos_token_id=3, decoder_start_token_id=0, dropout_rate=0.0)
+        model = transformers.T5ForConditionalGeneration(cfg)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory) -> Path:
+    from distill.data import load_dataset
+    from distill.prompts import render_question
+
+    texts = [render_question(ex) + " " + " ".join(ex.choices) for ex in load_dataset("demo").splits["train"]]
+    texts.append("predict: explain_a: explain_b: Answer: Explanation: Because So the answer is")
+    return make_tiny_student(tmp_path_factory.mktemp("tiny") / "llama", texts)

@@ -1,0 +1,486 @@
+"""The student: multi-task batches, the TinyLLM loss, the training loop, checkpoints and evaluation.
+
+L = L_answer + Σ_m α_m · L_rationale_m. Each task's loss is the mean cross-entropy over that
+task's target tokens in the optimizer step; prompt tokens contribute nothing. All tasks of a step
+go through the model together in length-sorted micro-batches (one forward per micro-batch, not one
+padded forward per task), and the vocabulary projection runs only on target positions.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from distill.data import Example
+from distill.errors import UserError
+from distill.prompts import render_question
+
+PROMPT_FORMAT_FILE = "prompt_format.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt format: how the student is asked. Saved beside the student so export and bench (and any
+# runtime on a device) ask it the same way.
+
+
+@dataclass
+class PromptFormat:
+    answer_prefix: str = "predict:"
+    rationale_prefix: str = "explain_{teacher}:"
+
+    def answer_prompt(self, ex: Example) -> str:
+        return f"{self.answer_prefix} {render_question(ex)}\nAnswer:"
+
+    def rationale_prompt(self, ex: Example, teacher: str) -> str:
+        return f"{self.rationale_prefix.format(teacher=teacher)} {render_question(ex)}\nExplanation:"
+
+    @staticmethod
+    def answer_target(ex: Example) -> str:
+        return f" {ex.answer_text}"
+
+    def save(self, folder: Path) -> None:
+        doc = {"answer_prefix": self.answer_prefix, "rationale_prefix": self.rationale_prefix,
+               "answer_template": self.answer_prefix + " Q: {question}\nAnswer Choices:\n(a) {choice_a}\n(b) {choice_b}\n…\nAnswer:",
+               "note": "The student answers with the text of the chosen option after 'Answer:'."}
+        (Path(folder) / PROMPT_FORMAT_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> "PromptFormat":
+        f = Path(folder) / PROMPT_FORMAT_FILE
+        if not f.exists():
+            return cls()
+        doc = json.loads(f.read_text())
+        return cls(doc["answer_prefix"], doc["rationale_prefix"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Students.
+
+
+def is_seq2seq(model) -> bool:
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
+def load_student(scfg, dtype=None):
+    """(model, tokenizer, identity) for a decoder-only or encoder-decoder (T5) student."""
+    from distill.models import load_causal_lm
+
+    import transformers
+
+    seq2seq = scfg.architecture == "seq2seq"
+    if scfg.architecture == "auto" and Path(scfg.model).is_dir() and (Path(scfg.model) / "config.json").exists():
+        seq2seq = bool(json.loads((Path(scfg.model) / "config.json").read_text()).get("is_encoder_decoder"))
+    elif scfg.architecture == "auto" and "t5" in scfg.model.lower():
+        seq2seq = True
+    if seq2seq:
+        tok = transformers.AutoTokenizer.from_pretrained(scfg.model, trust_remote_code=scfg.trust_remote_code)
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(scfg.model, dtype=dtype or torch.float32,
+                                                                   use_safetensors=True, trust_remote_code=scfg.trust_remote_code)
+        identity = scfg.model
+    else:
+        model, tok, identity = load_causal_lm(scfg.model, trust_remote_code=scfg.trust_remote_code, dtype=dtype)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if scfg.lora:
+        from distill.errors import require
+
+        peft = require("peft")
+        targets = [n for n in ("q_proj", "k_proj", "v_proj", "o_proj", "q", "k", "v", "o")
+                   if any(name.endswith("." + n) for name, _ in model.named_modules())]
+        model = peft.get_peft_model(model, peft.LoraConfig(r=scfg.lora_r, lora_alpha=scfg.lora_alpha, lora_dropout=0.0,
+                                                           target_modules=targets,
+                                                           task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM"))
+    return model, tok, identity
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples: one (input, target) per task per question.
+
+
+@dataclass
+class Sample:
+    task: str
+    """'answer', or the teacher name for its rationale task."""
+    input_ids: list[int]
+    labels: list[int]
+    """Decoder-only: same length as input_ids, -100 on prompt tokens. Seq2seq: the target ids."""
+
+
+def encode(tok, prompt: str, target: str, task: str, seq2seq: bool, max_length: int) -> Sample:
+    p = tok(prompt, add_special_tokens=True)["input_ids"]
+    t = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    if seq2seq:
+        return Sample(task, p[: max_length - 1] + [tok.eos_token_id] if len(p) > max_length else p, t[:max_length])
+    t = t[: max(1, max_length // 2)] if len(p) + len(t) > max_length else t
+    budget = max_length - len(t)
+    if len(p) > budget:
+        # Cut the middle of the prompt: keep the task prefix and the end, where the options are.
+        head = min(8, budget // 2)
+        p = p[:head] + p[len(p) - (budget - head):]
+    return Sample(task, p + t, [-100] * len(p) + t)
+
+
+def build_samples(examples: list[Example], rationales: dict[str, dict[str, str]], tok, fmt: PromptFormat,
+                  seq2seq: bool, max_length: int) -> list[list[Sample]]:
+    """Per question: its answer sample, then one rationale sample per teacher that has one."""
+    out = []
+    for ex in examples:
+        per = [encode(tok, fmt.answer_prompt(ex), fmt.answer_target(ex), "answer", seq2seq, max_length)]
+        for teacher, texts in rationales.items():
+            if ex.id in texts:
+                per.append(encode(tok, fmt.rationale_prompt(ex, teacher), " " + texts[ex.id], teacher, seq2seq, max_length))
+        out.append(per)
+    return out
+
+
+def micro_batches(samples: list[Sample], max_tokens: int) -> list[list[Sample]]:
+    """Length-sorted groups whose padded size (rows x longest) stays within max_tokens."""
+    ordered = sorted(samples, key=lambda s: len(s.input_ids) + len(s.labels), reverse=True)
+    batches, cur, longest = [], [], 0
+    for s in ordered:
+        size = len(s.input_ids) + (len(s.labels) if len(s.labels) != len(s.input_ids) else 0)
+        if cur and max(longest, size) * (len(cur) + 1) > max_tokens:
+            batches.append(cur)
+            cur, longest = [], 0
+        cur.append(s)
+        longest = max(longest, size)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    n = max(map(len, rows))
+    return torch.tensor([r + [value] * (n - len(r)) for r in rows], dtype=torch.long)
+
+
+def token_losses(model, batch: list[Sample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: (sum of target-token cross-entropy, number of target tokens)."""
+    device = next(model.parameters()).device
+    if is_seq2seq(model):
+        ids = _pad([s.input_ids for s in batch], pad_id).to(device)
+        labels = _pad([s.labels for s in batch], -100).to(device)
+        dec_in = model.prepare_decoder_input_ids_from_labels(labels=labels.clamp(min=0)) if hasattr(
+            model, "prepare_decoder_input_ids_from_labels") else None
+        logits = model(input_ids=ids, attention_mask=(ids != pad_id).long(), decoder_input_ids=dec_in).logits
+        mask = labels != -100
+        losses = F.cross_entropy(logits[mask].float(), labels[mask], reduction="none")
+    else:
+        ids = _pad([s.input_ids for s in batch], pad_id).to(device)
+        attn = _pad([[1] * len(s.input_ids) for s in batch], 0).to(device)
+        labels = _pad([s.labels for s in batch], -100).to(device)
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
+        # Position i predicts token i+1; project only the positions whose next token is a target.
+        targets = labels[:, 1:]
+        mask = targets != -100
+        logits = model.get_output_embeddings()(hidden[:, :-1][mask])
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        losses = F.cross_entropy(logits.float(), targets[mask], reduction="none")
+    rows = mask.nonzero()[:, 0]
+    sums = torch.zeros(len(batch), device=device, dtype=losses.dtype).index_add(0, rows, losses)
+    return sums, mask.sum(dim=1)
+
+
+def step_loss_terms(model, samples: list[Sample], pad_id: int, alphas: dict[str, float], max_tokens: int,
+                    token_totals: dict[str, int] | None = None, scale: float = 1.0, backward=None) -> dict[str, float]:
+    """Run one optimizer step's samples; return each task's mean token loss (for logging).
+
+    The objective is Σ_t α_t · (Σ target-token loss of task t) / N_t with N_t the task's target
+    tokens in the step (`token_totals`, summed across processes when distributed). Each micro-batch
+    backpropagates its share at once, so memory holds one micro-batch of activations at a time.
+    """
+    totals = token_totals or count_targets(samples)
+    sums = {t: 0.0 for t in totals}
+    for mb in micro_batches(samples, max_tokens):
+        loss_sums, _ = token_losses(model, mb, pad_id)
+        objective = sum(alphas[s.task] / totals[s.task] * loss_sums[i] for i, s in enumerate(mb)) * scale
+        if backward is not None:
+            backward(objective)
+        for i, s in enumerate(mb):
+            sums[s.task] += float(loss_sums[i].detach())
+    return {t: sums[t] / totals[t] for t in totals if totals[t]}
+
+
+def count_targets(samples: list[Sample]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for s in samples:
+        totals[s.task] = totals.get(s.task, 0) + sum(1 for x in s.labels if x != -100)
+    return totals
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: option log-likelihood and greedy generation with exact match (the paper's metric).
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", s.lower()).strip()
+
+
+def match_option(generated: str, choices: tuple[str, ...]) -> int | None:
+    """The option a generated answer names: its exact text, or a leading '(b)' letter."""
+    first = generated.strip().split("\n")[0]
+    g = _norm(first)
+    for i, c in enumerate(choices):
+        if g == _norm(c):
+            return i
+    m = re.match(r"\(?([a-z])\)", first.strip().lower())
+    if m and ord(m.group(1)) - 97 < len(choices):
+        return ord(m.group(1)) - 97
+    for i, c in enumerate(choices):
+        if _norm(c) and g.startswith(_norm(c)):
+            return i
+    return None
+
+
+@torch.inference_mode()
+def option_scores(model, tok, fmt: PromptFormat, ex: Example) -> list[float]:
+    """Mean log-probability per token of each option after the answer prompt."""
+    seq2seq = is_seq2seq(model)
+    samples = [encode(tok, fmt.answer_prompt(ex), " " + c, "answer", seq2seq, 4096) for c in ex.choices]
+    for s in samples:  # score the option text only, not the end-of-sequence token
+        s.labels = s.labels[:-1] if seq2seq else s.labels[:-1] + [-100]
+    sums, counts = token_losses(model, samples, tok.pad_token_id)
+    return [-(float(a) / max(1, int(b))) for a, b in zip(sums, counts)]
+
+
+@torch.inference_mode()
+def generate_answer(model, tok, fmt: PromptFormat, ex: Example, max_new_tokens: int = 32) -> str:
+    enc = tok(fmt.answer_prompt(ex), return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    new = out[0] if is_seq2seq(model) else out[0, enc["input_ids"].shape[1]:]
+    return tok.decode(new, skip_special_tokens=True)
+
+
+def evaluate(model, tok, fmt: PromptFormat, examples: list[Example], method: str = "both", log=None) -> dict:
+    """Accuracy by option log-likelihood and/or generation; per-question predictions included."""
+    was_training = model.training
+    model.eval()
+    preds, hits = [], {"loglik": 0, "generate": 0}
+    start = time.perf_counter()
+    for i, ex in enumerate(examples):
+        rec = {"id": ex.id, "gold": ex.answer}
+        if method in ("loglik", "both"):
+            scores = option_scores(model, tok, fmt, ex)
+            rec["loglik"] = max(range(len(scores)), key=scores.__getitem__)
+            hits["loglik"] += rec["loglik"] == ex.answer
+        if method in ("generate", "both"):
+            rec["generated"] = generate_answer(model, tok, fmt, ex)
+            rec["generate"] = match_option(rec["generated"], ex.choices)
+            hits["generate"] += rec["generate"] == ex.answer
+        preds.append(rec)
+        if log and (i + 1) % 25 == 0:
+            log(f"[eval] {i + 1}/{len(examples)} | {time.perf_counter() - start:.0f}s")
+    if was_training:
+        model.train()
+    n = len(examples)
+    result = {"n": n, "predictions": preds}
+    for m in ("loglik", "generate"):
+        if method in (m, "both"):
+            result[f"accuracy_{m}"] = hits[m] / n if n else 0.0
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: model, optimizer, scheduler, RNG and data position; resume reproduces the run.
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, keep: int = 2) -> None:
+    from safetensors.torch import save_file
+
+    tmp = folder.parent / (folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    for stale in sorted(folder.parent.glob("step-*[0-9]"))[:-keep]:
+        shutil.rmtree(stale)
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = sorted((out_dir / "checkpoints").glob("step-*[0-9]"))
+    return found[-1] if found else None
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    # weights_only: these files hold tensors and plain containers; never unpickle arbitrary objects.
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(_tuples(rng["python"]))
+    return json.loads((folder / "state.json").read_text())["step"]
+
+
+def _tuples(x):
+    return tuple(_tuples(i) for i in x) if isinstance(x, (list, tuple)) else x
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict[str, str]],
+                  eval_examples: list[Example], run, resume: bool = False, log=print) -> dict:
+    """Train the student on the answer task plus one rationale task per teacher; save it; evaluate it.
+
+    Distributed: launched by torchrun/accelerate, each process takes its share of every step's
+    questions; gradients are summed across processes (each process's loss is its share of the
+    global, token-normalised objective), so N processes compute the same step as one.
+    """
+    import torch.distributed as dist
+    import transformers
+    from accelerate import Accelerator
+
+    tc = cfg.train
+    acc = Accelerator(cpu=not torch.cuda.is_available(),
+                      mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[tc.precision])
+    world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
+    torch.manual_seed(tc.seed)
+    random.seed(tc.seed)
+    out_dir = Path(cfg.output_dir)
+
+    model, tok, identity = load_student(cfg.student)
+    model.to(acc.device)
+    if tc.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    fmt = PromptFormat(cfg.student.answer_prefix, cfg.student.rationale_prefix)
+    samples = build_samples(train_examples, rationales, tok, fmt, is_seq2seq(model), tc.max_length)
+    alphas = {"answer": 1.0, **{t.name: t.alpha for t in cfg.teachers}}
+    tasks = ["answer"] + [t.name for t in cfg.teachers]
+    n = len(samples)
+    if n == 0:
+        raise UserError("no training questions: check data.train_split and data.max_train.")
+    per_step = tc.batch_size * tc.grad_accum
+    steps_per_epoch = math.ceil(n / per_step)
+    total = math.ceil(n * tc.epochs / per_step)
+    if tc.max_steps is not None:
+        total = min(total, tc.max_steps)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = transformers.get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total), total)
+    start_step = 0
+    if resume:
+        ckpt = latest_checkpoint(out_dir)
+        if ckpt is None:
+            raise UserError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}; set train.save_every to make them.")
+        start_step = load_checkpoint(ckpt, model, optimizer, scheduler)
+        if main:
+            log(f"[train] resumed from {ckpt} at step {start_step}/{total}")
+
+    run.log_params({"student.identity": identity, "student.parameters": sum(p.numel() for p in model.parameters()),
+                    "student.trainable_parameters": sum(p.numel() for p in params), "train.total_steps": total,
+                    "train.world_size": world})
+    if main:
+        log(f"[train] {n} questions, tasks {', '.join(tasks)}, {total} steps of {per_step} questions, {world} process(es)")
+
+    def order(epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(tc.seed + epoch)
+        return torch.randperm(n, generator=g).tolist()
+
+    model.train()
+    t0, tokens_seen, history = time.perf_counter(), 0, []
+    window_tokens, window_start = 0, time.perf_counter()
+    for step in range(start_step, total):
+        epoch, k = divmod(step, steps_per_epoch)
+        questions = order(epoch)[k * per_step:(k + 1) * per_step][rank::world]
+        step_samples = [s for q in questions for s in samples[q]]
+        counts = count_targets(step_samples)
+        totals_t = torch.tensor([float(counts.get(t, 0)) for t in tasks])
+        if world > 1:
+            dist.all_reduce(totals_t)
+        totals = {t: int(v) for t, v in zip(tasks, totals_t.tolist()) if v > 0}
+        optimizer.zero_grad(set_to_none=True)
+        with acc.autocast():
+            terms = step_loss_terms(model, step_samples, tok.pad_token_id, alphas, tc.micro_batch_tokens,
+                                    token_totals=totals, backward=lambda loss: loss.backward())
+        terms_t = torch.tensor([terms.get(t, 0.0) for t in tasks])
+        if world > 1:
+            dist.all_reduce(terms_t)
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+        terms = {t: v for t, v in zip(tasks, terms_t.tolist()) if t in totals}
+        if tc.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+
+        step_tokens = sum(len(s.input_ids) + (len(s.labels) if is_seq2seq(model) else 0) for s in step_samples)
+        if world > 1:
+            step_tokens_t = torch.tensor([float(step_tokens)])
+            dist.all_reduce(step_tokens_t)
+            step_tokens = int(step_tokens_t.item())
+        tokens_seen += step_tokens
+        window_tokens += step_tokens
+        loss = sum(alphas[t] * v for t, v in terms.items())
+        done = step + 1
+        if main and (done % tc.log_every == 0 or done == total or done == start_step + 1):
+            elapsed = time.perf_counter() - window_start
+            tps = window_tokens / elapsed if elapsed else 0.0
+            window_tokens, window_start = 0, time.perf_counter()
+            rate = (time.perf_counter() - t0) / (done - start_step)
+            lr = scheduler.get_last_lr()[0]
+            parts = " ".join(f"{t} {v:.3f}" for t, v in terms.items())
+            log(f"step {done:05d}/{total:05d} ({100 * done / total:.1f}%) | loss {loss:.4f} ({parts}) | lr {lr:.2e} | "
+                f"{tps:.0f} tok/s | eta {_fmt_eta(rate * (total - done))}")
+            run.log_metrics({"loss": loss, **{f"loss_{t}": v for t, v in terms.items()}, "lr": lr,
+                             "tokens_per_s": tps, "epoch": step / steps_per_epoch}, step=done)
+        history.append({"step": done, "loss": loss, **{f"loss_{t}": v for t, v in terms.items()}})
+        if tc.save_every and done % tc.save_every == 0 and done < total:
+            if main:
+                save_checkpoint(out_dir / "checkpoints" / f"step-{done:06d}", model, optimizer, scheduler, done)
+            if world > 1:
+                dist.barrier()
+        if tc.eval_every and done % tc.eval_every == 0 and done < total and eval_examples:
+            if main:
+                res = evaluate(model, tok, fmt, eval_examples, tc.eval_method)
+                run.log_metrics({f"eval_{k}": v for k, v in res.items() if k.startswith("accuracy")}, step=done)
+                log(f"[eval] step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items() if k.startswith("accuracy")))
+            if world > 1:
+                dist.barrier()
+
+    result = {"steps": total, "tokens": tokens_seen, "seconds": time.perf_counter() - t0, "history": history}
+    if main:
+        student_dir = out_dir / "student"
+        final = model.merge_and_unload() if cfg.student.lora else model
+        final.save_pretrained(student_dir, safe_serialization=True)
+        tok.save_pretrained(student_dir)
+        fmt.save(student_dir)
+        result["student_dir"] = str(student_dir)
+        if eval_examples:
+            res = evaluate(final, tok, fmt, eval_examples, tc.eval_method, log=log)
+            result["eval"] = res
+            run.log_metrics({f"eval_{k}": v for k, v in res.items() if k.startswith("accuracy")}, step=total)
+            log("[eval] final: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items() if k.startswith("accuracy"))
+                + f" on {res['n']} questions")
+    if world > 1:
+        dist.barrier()
+    return result

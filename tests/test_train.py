@@ -1,0 +1,230 @@
+"""The multi-task student: golden loss, micro-batching, a tracked run, resume, 2-process training.
+
+Run: pytest tests/test_train.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from distill.config import load_config
+from distill.data import load_dataset
+from distill.train import (PromptFormat, build_samples, count_targets, encode, micro_batches, step_loss_terms,
+                           token_losses)
+
+BIN = Path(sys.executable).parent
+
+
+def rationale_texts(exs, teacher):
+    return {ex.id: f"Because {ex.answer_text} fits {teacher}. So the answer is ({ex.answer_letter})." for ex in exs}
+
+
+@pytest.fixture
+def batch(tiny_student):
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_student)
+    exs = load_dataset("demo").splits["train"][:5]
+    rats = {"a": rationale_texts(exs, "a"), "b": rationale_texts(exs[:3], "b")}  # b has rationales for 3 questions only
+    per_q = build_samples(exs, rats, tok, PromptFormat(), seq2seq=False, max_length=256)
+    return tok, [s for q in per_q for s in q]
+
+
+def reference_loss(model, samples, alphas, pad_id):
+    """Each task separately, the plain Hugging Face way: labels with -100 on the prompt, mean over targets."""
+    total = 0.0
+    for task in alphas:
+        mine = [s for s in samples if s.task == task]
+        n = max(len(s.input_ids) for s in mine)
+        ids = torch.tensor([s.input_ids + [pad_id] * (n - len(s.input_ids)) for s in mine])
+        att = torch.tensor([[1] * len(s.input_ids) + [0] * (n - len(s.input_ids)) for s in mine])
+        labels = torch.tensor([s.labels + [-100] * (n - len(s.labels)) for s in mine])
+        total += alphas[task] * model(input_ids=ids, attention_mask=att, labels=labels).loss.item()
+    return total
+
+
+def test_golden_loss_decoder(tiny_student, batch):
+    tok, samples = batch
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_student)
+    alphas = {"answer": 1.0, "a": 0.5, "b": 2.0}
+    objective = []
+    with torch.no_grad():
+        terms = step_loss_terms(model, samples, tok.pad_token_id, alphas, max_tokens=10_000,
+                                backward=lambda loss: objective.append(float(loss)))
+    ref = reference_loss(model, samples, alphas, tok.pad_token_id)
+    assert sum(objective) == pytest.approx(ref, rel=1e-5)
+    assert sum(alphas[t] * v for t, v in terms.items()) == pytest.approx(ref, rel=1e-5)
+    # Prompt tokens contribute nothing: count_targets only counts answer/rationale tokens (+ eos) ...
+    for s in samples:
+        n_prompt = sum(1 for x in s.labels if x == -100)
+        assert s.labels[:n_prompt] == [-100] * n_prompt and -100 not in s.labels[n_prompt:]
+    # ... and changing prompt labels from -100 to real ids would change the loss.
+    leaky = [type(s)(s.task, s.input_ids, list(s.input_ids)) for s in samples]
+    with torch.no_grad():
+        leaky_terms = step_loss_terms(model, leaky, tok.pad_token_id, alphas, 10_000)
+    assert leaky_terms["answer"] != pytest.approx(terms["answer"], rel=1e-3)
+
+
+def test_golden_loss_seq2seq(tmp_path):
+    from conftest import make_tiny_student
+
+    exs = load_dataset("demo").splits["train"][:4]
+    from distill.prompts import render_question
+
+    folder = make_tiny_student(tmp_path / "t5", [render_question(e) + " predict: explain_a: Answer: Explanation: Because So the answer is"
+                                                 for e in exs], arch="t5")
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.T5ForConditionalGeneration.from_pretrained(folder)
+    samples = [s for q in build_samples(exs, {"a": rationale_texts(exs, "a")}, tok, PromptFormat(), True, 256) for s in q]
+    alphas = {"answer": 1.0, "a": 0.3}
+    with torch.no_grad():
+        terms = step_loss_terms(model, samples, tok.pad_token_id, alphas, 10_000)
+        ref = 0.0
+        for task, alpha in alphas.items():
+            mine = [s for s in samples if s.task == task]
+            ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(s.input_ids) for s in mine], batch_first=True, padding_value=0)
+            labels = torch.nn.utils.rnn.pad_sequence([torch.tensor(s.labels) for s in mine], batch_first=True, padding_value=-100)
+            ref += alpha * model(input_ids=ids, attention_mask=(ids != 0).long(), labels=labels).loss.item()
+    assert sum(alphas[t] * v for t, v in terms.items()) == pytest.approx(ref, rel=1e-5)
+
+
+def test_micro_batching_changes_passes_not_gradients(tiny_student, batch):
+    tok, samples = batch
+    alphas = {"answer": 1.0, "a": 1.0, "b": 0.5}
+    grads = []
+    for budget in (10_000, 300):
+        model = transformers.AutoModelForCausalLM.from_pretrained(tiny_student)
+        passes = len(micro_batches(samples, budget))
+        step_loss_terms(model, samples, tok.pad_token_id, alphas, budget, backward=lambda loss: loss.backward())
+        grads.append((passes, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    assert grads[0][0] == 1 and grads[1][0] > 2
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+
+
+def test_micro_batches_respect_budget_and_sort_by_length(batch):
+    _, samples = batch
+    for mb in micro_batches(samples, 300):
+        assert len(mb) == 1 or max(len(s.input_ids) for s in mb) * len(mb) <= 300
+    lengths = [len(s.input_ids) for mb in micro_batches(samples, 300) for s in mb]
+    assert lengths == sorted(lengths, reverse=True)
+
+
+def test_long_prompts_keep_prefix_and_target(tiny_student):
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_student)
+    s = encode(tok, "predict: " + "water " * 300 + "Answer:", " gravity", "answer", False, 64)
+    assert len(s.input_ids) == 64
+    assert s.input_ids[0] == tok.convert_tokens_to_ids("predict")
+    assert tok.decode([x for x in s.labels if x != -100]).split()[0] == "gravity"
+    assert count_targets([s]) == {"answer": 2}
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole runs through the CLI: MLflow, checkpoints and resume, two processes.
+
+
+def write_run_config(tmp_path, tiny_student, teachers=("a", "b"), **train):
+    exs = load_dataset("demo").splits["train"]
+    teacher_lines = []
+    for t in teachers:
+        f = tmp_path / f"{t}.jsonl"
+        f.write_text("".join(json.dumps({"example_id": i, "text": text}) + "\n" for i, text in rationale_texts(exs, t).items()))
+        teacher_lines.append(f"  - {{name: {t}, backend: files, model: {f}, alpha: 0.5}}")
+    train_yaml = ", ".join(f"{k}: {v}" for k, v in {"batch_size": 4, "lr": 1e-3, "log_every": 2, "eval_method": "loglik",
+                                                    **train}.items())
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"""output_dir: {tmp_path / 'out'}
+data: {{name: demo, max_train: 24, eval_split: test, max_eval: 8}}
+teachers:
+{chr(10).join(teacher_lines) if teacher_lines else '  []'}
+student: {{model: {tiny_student}}}
+train: {{{train_yaml}}}
+tracking: {{uri: "sqlite:///{tmp_path / 'mlflow.db'}", experiment: test, system_metrics: false}}
+""")
+    return cfg
+
+
+def run_cli(*args, cwd, env=None):
+    r = subprocess.run([str(BIN / "tinyllm-distill"), *args], capture_output=True, text=True, cwd=cwd,
+                       env={**os.environ, **(env or {})}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_tracked_run_logs_terms_saves_student_and_changes_weights(tmp_path, tiny_student):
+    import mlflow
+
+    cfg = write_run_config(tmp_path, tiny_student)
+    r = run_cli("run", str(cfg), cwd=tmp_path)
+    summary = json.loads(r.stdout)
+    assert "step 00006/00006" in r.stderr and "answer" in r.stderr
+    student = Path(summary["student_dir"])
+    assert (student / "model.safetensors").exists() and (student / "prompt_format.json").exists()
+    assert (tmp_path / "out" / "resolved_config.yaml").exists()
+    before, after = load_file(str(tiny_student / "model.safetensors")), load_file(str(student / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["test"], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    metrics = runs[0].data.metrics
+    assert {"loss", "loss_answer", "loss_a", "loss_b", "lr", "tokens_per_s", "eval_accuracy_loglik"} <= set(metrics)
+    assert runs[0].data.params["rationales.a"] == "24" and runs[0].data.tags["tinyllm.method"] == "tinyllm"
+    history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "loss_answer")
+    assert [m.step for m in history] == [1, 2, 4, 6]
+
+
+def test_failed_run_ends_failed_not_running(tmp_path, tiny_student):
+    import mlflow
+
+    cfg = write_run_config(tmp_path, tiny_student)
+    r = subprocess.run([str(BIN / "tinyllm-distill"), "run", str(cfg), "--resume"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "no checkpoint" in r.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["test"], output_format="list")
+    assert run.info.status == "FAILED"
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_student):
+    cfg = write_run_config(tmp_path, tiny_student, save_every=2, max_steps=6, epochs=2)
+    run_cli("run", str(cfg), "--no-mlflow", cwd=tmp_path)
+    out = tmp_path / "out"
+    full = load_file(str(out / "student" / "model.safetensors"))
+    ckpts = sorted((out / "checkpoints").iterdir())
+    assert [c.name for c in ckpts] == ["step-000002", "step-000004"]  # the last two are kept
+    # What a SIGKILL right after step 4's checkpoint leaves on disk: that checkpoint, nothing later.
+    shutil.rmtree(out / "student")
+    r = run_cli("run", str(cfg), "--no-mlflow", "--resume", cwd=tmp_path)
+    assert "resumed from" in r.stderr and "step-000004" in r.stderr and "step 00005/00006" in r.stderr
+    resumed = load_file(str(out / "student" / "model.safetensors"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_two_processes_log_one_run_and_match_one_process(tmp_path, tiny_student):
+    import mlflow
+
+    cfg = write_run_config(tmp_path, tiny_student, max_steps=4, micro_batch_tokens=512)
+    run_cli("run", str(cfg), "output_dir=" + str(tmp_path / "single"), "--no-mlflow", cwd=tmp_path)
+    import socket
+
+    with socket.socket() as sock:  # torchrun hangs with --master_port 0; take a free port instead
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    r = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                        "--master_port", str(port), "--no-python",
+                        str(BIN / "tinyllm-distill"), "run", str(cfg)], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 process(es)" in r.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["test"], output_format="list")
+    assert len(runs) == 1 and runs[0].data.params["train.world_size"] == "2"
+    one = load_file(str(tmp_path / "single" / "student" / "model.safetensors"))
+    two = load_file(str(tmp_path / "out" / "student" / "model.safetensors"))
+    assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
