@@ -105,10 +105,18 @@ def distill(cfg: Config, resume: bool = False, track: bool = True) -> dict:
 
 
 def register_student(run, name: str) -> None:
-    """Register the run's student folder as a model version under `name`."""
+    """Register the run's student folder as a new version of model `name` (models:/name/N then
+    downloads that folder). The student is logged as plain files, not an MLmodel flavour, so the
+    version is created from its artifact location directly."""
     import mlflow
 
-    mlflow.register_model(f"runs:/{run.run_id}/student", name)
+    client = mlflow.MlflowClient()
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        client.create_registered_model(name)
+    source = mlflow.get_run(run.run_id).info.artifact_uri.rstrip("/") + "/student"
+    version = client.create_model_version(name, source=source, run_id=run.run_id)
+    run.set_tags({"tinyllm.registered_model": f"models:/{name}/{version.version}"})
+    log(f"[mlflow] registered the student as models:/{name}/{version.version}")
 
 
 def evaluate_model(cfg: Config, split: str, track: bool = True) -> dict:

@@ -107,12 +107,12 @@ def mlflow_run(cfg, stage: str, run_name: str | None = None, tags: dict | None =
     from distill.config import dump_yaml, to_dict
 
     mlflow = require("mlflow")
+    # Decide before set_tracking_uri, which itself sets MLFLOW_TRACKING_URI in the environment.
+    local_store = not cfg.tracking.uri and not os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri(cfg))
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     if exp is None:
-        location = None
-        if not cfg.tracking.uri and not os.environ.get("MLFLOW_TRACKING_URI"):
-            location = (DEFAULT_DIR / "mlartifacts").resolve().as_uri()
+        location = (DEFAULT_DIR / "mlartifacts").resolve().as_uri() if local_store else None
         exp_id = mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
     else:
         exp_id = exp.experiment_id

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import click
 
@@ -25,8 +27,9 @@ examples:
 @click.option("--run", "run_id", help="Export the student of this distill run (MLflow run id) instead of SOURCE.")
 @click.option("-c", "--config", type=click.Path(dir_okay=False), help="YAML config whose export: section sets thresholds.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the plan, then exit.")
+@click.option("--no-mlflow", is_flag=True, help="Do not log the export back to the source run.")
 @user_errors
-def main(source, overrides, fmt, quant, out, run_id, config, dry_run):
+def main(source, overrides, fmt, quant, out, run_id, config, dry_run, no_mlflow):
     """Turn a trained student (SOURCE: a local folder, runs:/… or models:/name/version) into ONNX or GGUF.
 
     Every export is checked against the torch model on real prompts; a parity failure exits
@@ -37,11 +40,20 @@ def main(source, overrides, fmt, quant, out, run_id, config, dry_run):
     if not source and not run_id:
         raise UserError("give a SOURCE (model folder, runs:/… or models:/…) or --run RUN_ID.")
     cfg = load_config(config, overrides)
+    out_dir = Path(out or f"exports/{fmt}-{quant or 'default'}")
     if dry_run:
         click.echo(dump_yaml(cfg))
-        click.echo(json.dumps({"source": source or f"run {run_id}", "format": fmt, "quant": quant, "out": out}, indent=2))
+        click.echo(json.dumps({"source": source or f"runs:/{run_id}/student", "format": fmt, "quant": quant,
+                               "out": str(out_dir)}, indent=2))
         return
-    raise UserError("the exporter is not built yet (issue #5); use --dry-run to check the arguments.")
+    from export.pipeline import ParityFailure, export_student
+
+    try:
+        report = export_student(source, fmt, quant, out_dir, cfg, run_id=run_id, track=not no_mlflow)
+    except ParityFailure as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(json.dumps({k: v for k, v in report.items() if k not in ("student",)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -55,3 +55,44 @@ def tiny_student(tmp_path_factory) -> Path:
     texts = [render_question(ex) + " " + " ".join(ex.choices) for ex in load_dataset("demo").splits["train"]]
     texts.append("predict: explain_a: explain_b: Answer: Explanation: Because So the answer is")
     return make_tiny_student(tmp_path_factory.mktemp("tiny") / "llama", texts)
+
+
+def make_tiny_bpe_student(folder: Path, texts: list[str], hidden: int = 256, seed: int = 0) -> Path:
+    """A random-init llama student with a byte-level BPE tokenizer (what GGUF export needs).
+    Width 256 so llama.cpp's K-quants apply to every matrix instead of falling back."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(texts, trainer)
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                               pad_token="<|endoftext|>", model_input_names=["input_ids", "attention_mask"],
+                                               gguf_pre="gpt-2")
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                                   pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                   eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    model = transformers.LlamaForCausalLM(cfg)
+    with torch.no_grad():  # larger logits than the default init, so parity numbers are not trivially tiny
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_student(tmp_path_factory) -> Path:
+    from distill.data import load_dataset
+    from distill.prompts import render_question
+
+    texts = [render_question(ex) for ex in load_dataset("demo").splits["train"]]
+    texts.append("predict: explain_a: Answer: Explanation: Because So the answer is")
+    return make_tiny_bpe_student(tmp_path_factory.mktemp("tinybpe") / "student", texts)

@@ -228,3 +228,24 @@ def test_two_processes_log_one_run_and_match_one_process(tmp_path, tiny_student)
     one = load_file(str(tmp_path / "single" / "student" / "model.safetensors"))
     two = load_file(str(tmp_path / "out" / "student" / "model.safetensors"))
     assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
+
+
+def test_lora_t5_student_registers_and_saves_merged(tmp_path):
+    """A FLAN-T5-style (encoder-decoder) student with LoRA: trains, merges on save, registers in MLflow."""
+    import mlflow
+
+    from conftest import make_tiny_student
+    from distill.prompts import render_question
+
+    exs = load_dataset("demo").splits["train"]
+    t5 = make_tiny_student(tmp_path / "t5", [render_question(e) + " predict: explain_a: Answer: Explanation: Because So the answer is"
+                                             for e in exs], arch="t5")
+    cfg = write_run_config(tmp_path, t5, teachers=("a",), max_steps=3)
+    r = run_cli("run", str(cfg), "student.lora=true", "student.lora_r=4", "tracking.register_as=tiny-student", cwd=tmp_path)
+    assert "registered the student as models:/tiny-student/1" in r.stderr
+    saved = load_file(str(tmp_path / "out" / "student" / "model.safetensors"))
+    assert not any("lora" in k for k in saved)  # merged into the base weights
+    assert json.loads((tmp_path / "out" / "student" / "config.json").read_text())["is_encoder_decoder"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    local = mlflow.artifacts.download_artifacts("models:/tiny-student/1")
+    assert (Path(local) / "prompt_format.json").exists()

@@ -1,0 +1,157 @@
+"""Training throughput: TinyLLM's trainer vs a straightforward Hugging Face Trainer, same objective.
+
+    .venv/bin/python benchmarks/train_throughput.py --questions 48 --batch-size 8
+
+Both train the packaged SmolLM2-135M student for the same steps on the same OBQA questions (the
+paper's split and released FLAN-T5-xl + LLaMA-2 rationales, from ../shared/data) in the same order,
+minimising the same loss L = L_answer + 1.0·L_flan + 1.0·L_llama (each term a mean over its target
+tokens). The baseline does what the paper's code does: per batch, three padded forward passes (one
+per task), full-vocabulary logits at every position, through `transformers.Trainer`. TinyLLM runs
+all tasks of a step in length-sorted micro-batches and projects only target positions.
+Each implementation runs in its own process, so peak resident memory (ru_maxrss) is its own.
+Throughput = non-padding tokens of the steps / wall seconds of the steps (model loading excluded).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def setup(args):
+    from distill.config import StudentConfig
+    from distill.data import load_dataset
+    from distill.rationales import load_paper_rationales
+    from distill.train import PromptFormat, build_samples, load_student
+
+    ds = load_dataset("tinyllm-obqa", args.data)
+    train = ds.split("train")[: args.questions]
+    paper = load_paper_rationales(ds.path, "train", ds.split("train"))
+    rationales = {t: {r.example_id: r.text for r in recs} for t, recs in paper.records.items()}
+    torch.manual_seed(0)
+    model, tok, _ = load_student(StudentConfig(model="smollm2-135m-instruct"))
+    per_q = build_samples(train, rationales, tok, PromptFormat(), False, args.max_length)
+    return model, tok, per_q
+
+
+def steps_of(per_q, batch_size):
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(per_q), generator=g).tolist()
+    return [[per_q[i] for i in order[k: k + batch_size]] for k in range(0, len(order), batch_size)]
+
+
+def run_tinyllm(args) -> dict:
+    from distill.train import step_loss_terms
+
+    model, tok, per_q = setup(args)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    alphas = {"answer": 1.0, "flan-t5-xl": 1.0, "llama-2-7b": 1.0}
+    tokens, losses = 0, []
+    start = time.perf_counter()
+    for step in steps_of(per_q, args.batch_size):
+        samples = [s for q in step for s in q]
+        opt.zero_grad(set_to_none=True)
+        terms = step_loss_terms(model, samples, tok.pad_token_id, alphas, args.micro_batch_tokens,
+                                backward=lambda loss: loss.backward())
+        opt.step()
+        tokens += sum(len(s.input_ids) for s in samples)
+        losses.append(sum(terms.values()))
+    return {"seconds": time.perf_counter() - start, "tokens": tokens, "losses": losses}
+
+
+def run_hf(args) -> dict:
+    import transformers
+
+    model, tok, per_q = setup(args)
+    tasks = ["answer", "flan-t5-xl", "llama-2-7b"]
+    rows = []
+    for step in steps_of(per_q, args.batch_size):
+        for q in step:
+            rows.append({t: next(s for s in q if s.task == t) for t in tasks})
+
+    def collate(batch):
+        out = {}
+        for t in tasks:
+            n = max(len(b[t].input_ids) for b in batch)
+            out[f"{t}.ids"] = torch.tensor([b[t].input_ids + [tok.pad_token_id] * (n - len(b[t].input_ids)) for b in batch])
+            out[f"{t}.mask"] = torch.tensor([[1] * len(b[t].input_ids) + [0] * (n - len(b[t].input_ids)) for b in batch])
+            out[f"{t}.labels"] = torch.tensor([b[t].labels + [-100] * (n - len(b[t].labels)) for b in batch])
+        return out
+
+    losses, timing = [], {}
+
+    class MultiTask(transformers.Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = sum(model(input_ids=inputs[f"{t}.ids"], attention_mask=inputs[f"{t}.mask"],
+                             labels=inputs[f"{t}.labels"]).loss for t in tasks)
+            losses.append(float(loss))
+            return loss
+
+    class Clock(transformers.TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            timing["start"] = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            timing["end"] = time.perf_counter()
+
+    targs = transformers.TrainingArguments(output_dir=str(args.tmp / "hf"), per_device_train_batch_size=args.batch_size,
+                                           learning_rate=args.lr, lr_scheduler_type="constant", num_train_epochs=1,
+                                           report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True,
+                                           remove_unused_columns=False, dataloader_drop_last=False, seed=0,
+                                           weight_decay=0.0, max_grad_norm=0.0, warmup_steps=0)
+    trainer = MultiTask(model=model, args=targs, train_dataset=rows, data_collator=collate, callbacks=[Clock()])
+    trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(rows)  # same order as ours
+    trainer.train()
+    tokens = sum(len(r[t].input_ids) for r in rows for t in tasks)
+    return {"seconds": timing["end"] - timing["start"], "tokens": tokens, "losses": losses}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--impl", choices=["tinyllm", "hf"])
+    ap.add_argument("--questions", type=int, default=48)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=384)
+    ap.add_argument("--micro-batch-tokens", type=int, default=1024)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "obqa"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_throughput.json"))
+    args = ap.parse_args()
+    args.tmp = Path("/tmp/tinyllm-bench")
+    torch.set_num_threads(os.cpu_count())
+    if args.impl:
+        res = run_tinyllm(args) if args.impl == "tinyllm" else run_hf(args)
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(res))
+        return
+    results = {}
+    for impl in ("tinyllm", "hf"):
+        cmd = [sys.executable, __file__, "--impl", impl] + [a for a in sys.argv[1:]]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        r = json.loads(out)
+        r["tokens_per_s"] = r["tokens"] / r["seconds"]
+        results[impl] = r
+        print(f"{impl:8s} {r['tokens_per_s']:7.1f} tok/s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
+              f"losses {', '.join(f'{x:.3f}' for x in r['losses'])}", flush=True)
+    speedup = results["tinyllm"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
+    print(f"speed-up {speedup:.2f}x")
+    report = {"command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
+              "hardware": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+              "speedup": speedup, "results": results}
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The student as a GGUF file for llama.cpp: written with gguf.GGUFWriter, quantized by llama.cpp.
+
+We write f16 ourselves (tensor names from gguf's own maps, q/k permuted for llama.cpp's rotary
+layout, the tokenizer's vocabulary and merges, the student's prompt format as chat template and
+metadata), then quantize with llama.cpp's quantizer (`llama_model_quantize`) to what people ship.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from distill.errors import UserError, require
+from distill.models import PRE_TOKENIZERS
+
+QUANTS = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M"}
+SUPPORTED = {"LlamaForCausalLM": "LLAMA", "Qwen2ForCausalLM": "QWEN2"}
+
+
+def check_supported(config: dict) -> str:
+    """Refuse unsupported students up front, in one sentence that lists what is supported."""
+    arch = (config.get("architectures") or ["?"])[0]
+    if arch not in SUPPORTED:
+        raise UserError(f"GGUF export supports {', '.join(SUPPORTED)} students; this one is {arch}.")
+    return arch
+
+
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF stores rotary halves side by side; llama.cpp interleaves them (as its converter does)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def chat_template(fmt: dict) -> str:
+    """A Jinja chat template that asks the student its way: the user turn is the rendered question."""
+    prefix = json.dumps(fmt["answer_prefix"] + " ")
+    return ("{{ " + prefix + " }}{% for message in messages %}{% if message['role'] == 'user' %}"
+            "{{ message['content'] }}{% endif %}{% endfor %}{{ '\\nAnswer:' }}")
+
+
+def _pre_tokenizer(student: Path, tok_cfg: dict, hf_cfg: dict) -> str:
+    if tok_cfg.get("gguf_pre") in PRE_TOKENIZERS:
+        return tok_cfg["gguf_pre"]
+    model_type = hf_cfg.get("model_type")
+    if model_type == "qwen2":
+        return "qwen2"
+    if model_type == "llama" and hf_cfg.get("vocab_size") == 49152:
+        return "smollm"  # SmolLM/SmolLM2's tokenizer (digits split one by one)
+    if model_type == "llama" and hf_cfg.get("vocab_size", 0) >= 128000:
+        return "llama-bpe"
+    raise UserError(f"{student}: cannot tell which llama.cpp pre-tokenizer its tokenizer needs; "
+                    f"add \"gguf_pre\": one of {', '.join(PRE_TOKENIZERS)} to tokenizer_config.json.")
+
+
+def _adds_bos(tok_json: dict, tok_cfg: dict) -> bool:
+    if tok_cfg.get("add_bos_token") is not None:
+        return bool(tok_cfg["add_bos_token"])
+    post = tok_json.get("post_processor") or {}
+    single = post.get("single") or []
+    return post.get("type") == "TemplateProcessing" and bool(single) and "SpecialToken" in single[0]
+
+
+def write_f16(student: Path, out_file: Path) -> dict:
+    """Write the student as an f16 GGUF; returns a few facts for the report."""
+    gguf = require("gguf")
+    from safetensors.numpy import load_file
+
+    hf_cfg = json.loads((student / "config.json").read_text())
+    arch_name = SUPPORTED[check_supported(hf_cfg)]
+    arch = getattr(gguf.MODEL_ARCH, arch_name)
+    tok_json = json.loads((student / "tokenizer.json").read_text())
+    tok_cfg = json.loads((student / "tokenizer_config.json").read_text())
+    if tok_json["model"]["type"] != "BPE" or not isinstance(tok_json.get("pre_tokenizer"), dict):
+        raise UserError(f"{student}: GGUF export needs a byte-level BPE tokenizer (gpt2 style); this one is {tok_json['model']['type']}.")
+    fmt_file = student / "prompt_format.json"
+    fmt = json.loads(fmt_file.read_text()) if fmt_file.exists() else {"answer_prefix": "predict:"}
+
+    n_layer, n_head = hf_cfg["num_hidden_layers"], hf_cfg["num_attention_heads"]
+    n_kv = hf_cfg.get("num_key_value_heads", n_head)
+    n_embd = hf_cfg["hidden_size"]
+    w = gguf.GGUFWriter(str(out_file), gguf.MODEL_ARCH_NAMES[arch])
+    w.add_name(student.name)
+    w.add_context_length(hf_cfg.get("max_position_embeddings", 2048))
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(hf_cfg["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_dimension_count(hf_cfg.get("head_dim") or n_embd // n_head)
+    w.add_rope_freq_base(float(hf_cfg.get("rope_theta", 10000.0)))
+    w.add_layer_norm_rms_eps(float(hf_cfg["rms_norm_eps"]))
+    w.add_vocab_size(hf_cfg["vocab_size"])
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+
+    # Tokenizer: the vocabulary in id order, merges, and control tokens for the added specials.
+    vocab = tok_json["model"]["vocab"]
+    added = {t["id"]: t for t in tok_json.get("added_tokens", [])}
+    size = max(max(vocab.values()), max(added, default=-1)) + 1
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    types = [gguf.TokenType.UNUSED] * size
+    for t, i in vocab.items():
+        tokens[i], types[i] = t, gguf.TokenType.NORMAL
+    for i, t in added.items():
+        tokens[i] = t["content"]
+        types[i] = gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED
+    merges = [" ".join(m) if isinstance(m, list) else m for m in tok_json["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(_pre_tokenizer(student, tok_cfg, hf_cfg))
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    ids = {t: i for i, t in enumerate(tokens)}
+    for role, adder in (("bos_token", w.add_bos_token_id), ("eos_token", w.add_eos_token_id),
+                        ("pad_token", w.add_pad_token_id), ("unk_token", w.add_unk_token_id)):
+        name = tok_cfg.get(role)
+        name = name.get("content") if isinstance(name, dict) else name
+        if name in ids:
+            adder(ids[name])
+    w.add_add_bos_token(_adds_bos(tok_json, tok_cfg))
+    w.add_chat_template(chat_template(fmt))
+    w.add_string("tinyllm.prompt_format", json.dumps(fmt))
+
+    # Tensors.
+    state = {}
+    for f in sorted(student.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    names = gguf.get_tensor_name_map(arch, n_layer)
+    tied = hf_cfg.get("tie_word_embeddings", False)
+    for name, t in state.items():
+        if name == "lm_head.weight" and tied:
+            continue
+        if name.endswith("rotary_emb.inv_freq"):
+            continue
+        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise UserError(f"{student}: tensor {name} has no GGUF name for {arch_name}; this architecture variant is not supported.")
+        data = t.astype(np.float32)
+        if name.endswith("q_proj.weight"):
+            data = _permute(data, n_head)
+        elif name.endswith("k_proj.weight"):
+            data = _permute(data, n_kv)
+        data = data.astype(np.float16) if data.ndim == 2 else data  # norms stay f32, as llama.cpp expects
+        w.add_tensor(new, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {"architecture": arch_name.lower(), "tensors": len(state), "vocab": size}
+
+
+def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> None:
+    llama_cpp = require("llama_cpp", "llama-cpp-python")
+    gguf = require("gguf")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(gguf.LlamaFileType, QUANTS[quant]).value
+    params.nthread = threads
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0:
+        raise UserError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc}).")

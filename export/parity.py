@@ -1,0 +1,74 @@
+"""Parity of an exported student against the torch model, on real prompts from its task.
+
+Reported: max |logit difference| (what ONNX and GGUF f16 are held to), top-1 next-token agreement
+and mean KL(torch || exported) over every position (what quantized GGUFs are held to), and whether
+both runtimes tokenize each prompt to the same ids.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _compare(ref: np.ndarray, got: np.ndarray) -> dict:
+    ref, got = ref.astype(np.float64), got.astype(np.float64)
+    lp_ref = ref - np.logaddexp.reduce(ref, axis=-1, keepdims=True)
+    lp_got = got - np.logaddexp.reduce(got, axis=-1, keepdims=True)
+    kl = (np.exp(lp_ref) * (lp_ref - lp_got)).sum(-1)
+    return {"max_abs_logit_diff": float(np.abs(ref - got).max()), "top1_agree": (ref.argmax(-1) == got.argmax(-1)).tolist(),
+            "kl": kl.tolist()}
+
+
+def summarize(per_prompt: list[dict], same_tokens: list[bool]) -> dict:
+    top1 = [a for p in per_prompt for a in p["top1_agree"]]
+    kl = [k for p in per_prompt for k in p["kl"]]
+    return {"prompts": len(per_prompt), "positions": len(top1),
+            "max_abs_logit_diff": max(p["max_abs_logit_diff"] for p in per_prompt),
+            "top1_agreement": sum(top1) / len(top1), "mean_kl": float(np.mean(kl)),
+            "tokenizer_round_trip": all(same_tokens), "tokenizer_mismatches": same_tokens.count(False)}
+
+
+@torch.inference_mode()
+def torch_logits(model, ids: list[int]) -> np.ndarray:
+    return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+
+
+def gguf_parity(model, tok, gguf_file, prompts: list[str], threads: int | None = None) -> dict:
+    from distill.errors import require
+
+    llama_cpp = require("llama_cpp", "llama-cpp-python")
+    longest = max(len(tok(p)["input_ids"]) for p in prompts)
+    llm = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=max(512, longest + 8), logits_all=True, n_threads=threads,
+                          verbose=False)
+    try:
+        add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
+        per, same = [], []
+        for p in prompts:
+            ids = tok(p)["input_ids"]
+            same.append(llm.tokenize(p.encode(), add_bos=add_bos, special=True) == ids)
+            llm.reset()
+            llm.eval(ids)
+            got = np.array(llm.scores[: len(ids)], dtype=np.float32)
+            per.append(_compare(torch_logits(model, ids), got))
+    finally:
+        llm.close()
+    return summarize(per, same)
+
+
+def onnx_parity(model, tok, onnx_dir, prompts: list[str]) -> dict:
+    from distill.errors import require
+
+    require("optimum.onnxruntime", "optimum-onnx[onnxruntime]")
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    ort = ORTModelForCausalLM.from_pretrained(str(onnx_dir))
+    shipped_tok = AutoTokenizer.from_pretrained(str(onnx_dir))
+    per, same = [], []
+    for p in prompts:
+        ids = tok(p)["input_ids"]
+        same.append(shipped_tok(p)["input_ids"] == ids)
+        t = torch.tensor([ids])
+        got = ort(input_ids=t, attention_mask=torch.ones_like(t)).logits[0].float().numpy()
+        per.append(_compare(torch_logits(model, ids), got))
+    return summarize(per, same)

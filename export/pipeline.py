@@ -1,0 +1,184 @@
+"""`tinyllm-export`: resolve the student, convert it, check parity, write a self-contained folder."""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from distill.config import Config, write_resolved
+from distill.errors import UserError
+
+
+class ParityFailure(Exception):
+    """Exported files disagree with torch beyond the configured thresholds (files are kept)."""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_source(source: str | None, run_id: str | None, cfg: Config) -> tuple[Path, str | None]:
+    """(local student folder, MLflow run id to log back to, if any)."""
+    if run_id:
+        source = f"runs:/{run_id}/student"
+    if source.startswith(("runs:/", "models:/")):
+        import mlflow
+
+        from distill.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri(cfg))
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(source))
+        except Exception as exc:  # MLflow raises several types for a bad URI
+            raise UserError(f"cannot fetch {source} from {tracking_uri(cfg)} ({exc}); check the run id or model name.") from None
+        src_run = source.split("/")[1] if source.startswith("runs:/") else None
+        if source.startswith("models:/"):
+            name, version = source[len("models:/"):].split("/", 1)
+            mv = mlflow.MlflowClient().get_model_version(name, version)
+            src_run = mv.run_id
+        return local, src_run
+    folder = Path(source)
+    if not (folder / "config.json").exists():
+        raise UserError(f"{folder} is not a student folder (no config.json); give the 'student' folder a distill run saved.")
+    return folder, None
+
+
+def task_prompts(student: Path, cfg: Config, n: int) -> tuple[list[str], str]:
+    """Answer prompts plus gold answers from the student's own test set (else the demo set)."""
+    from distill.data import load_dataset
+    from distill.train import PromptFormat
+
+    fmt = PromptFormat.load(student)
+    data = cfg.data
+    resolved = student.parent / "resolved_config.yaml"
+    if resolved.exists():
+        from distill.config import load_config
+
+        data = load_config(resolved).data
+    try:
+        ds = load_dataset(data.name, data.path)
+        exs, where = ds.split(data.test_split), f"{ds.name}/{data.test_split}"
+    except UserError:
+        ds = load_dataset("demo")
+        exs, where = ds.split("test"), "demo/test (the student's own data was not found)"
+    return [fmt.answer_prompt(ex) + fmt.answer_target(ex) for ex in exs[:n]], where
+
+
+def export_student(source: str | None, fmt: str, quant: str | None, out: Path, cfg: Config,
+                   run_id: str | None = None, track: bool = True) -> dict:
+    from distill.train import load_student
+    from distill.config import StudentConfig
+    from export import gguf as gguf_mod
+    from export import parity
+
+    student, source_run = resolve_source(source, run_id, cfg)
+    hf_cfg = json.loads((student / "config.json").read_text())
+    quant = quant or ("q4_k_m" if fmt == "gguf" else "none")
+    if fmt == "gguf":
+        gguf_mod.check_supported(hf_cfg)
+        if quant not in gguf_mod.QUANTS:
+            raise UserError(f"--quant {quant} is not a GGUF option; use one of {', '.join(gguf_mod.QUANTS)}.")
+    out.mkdir(parents=True, exist_ok=True)
+    write_resolved(cfg, out)
+    t0 = time.perf_counter()
+    if fmt == "gguf":
+        f16 = out / "student-f16.gguf"
+        info = gguf_mod.write_f16(student, f16)
+        model_file = f16
+        if quant != "f16":
+            model_file = out / f"student-{quant}.gguf"
+            gguf_mod.quantize(f16, model_file, quant)
+            f16.unlink()
+        info["file"] = model_file.name
+    else:
+        from export.onnx import export_onnx
+
+        info = export_onnx(student, out, quant)
+    seconds = time.perf_counter() - t0
+    log(f"[export] wrote {fmt} ({quant}) to {out} in {seconds:.1f}s; checking parity against torch")
+
+    prompts, prompt_source = task_prompts(student, cfg, cfg.export.parity_prompts)
+    model, tok, _ = load_student(StudentConfig(model=str(student)))
+    model.eval()
+    if fmt == "gguf":
+        report = parity.gguf_parity(model, tok, out / info["file"], prompts)
+    else:
+        report = parity.onnx_parity(model, tok, out, prompts)
+    ec = cfg.export
+    exact = (fmt == "onnx" and quant == "none") or (fmt == "gguf" and quant == "f16")
+    checks = {"tokenizer_round_trip": report["tokenizer_round_trip"]}
+    if exact:
+        limit = ec.max_logit_diff if fmt == "onnx" else ec.max_logit_diff_f16
+        checks[f"max_abs_logit_diff <= {limit}"] = report["max_abs_logit_diff"] <= limit
+    else:
+        checks[f"top1_agreement >= {ec.min_top1_agreement}"] = report["top1_agreement"] >= ec.min_top1_agreement
+        checks[f"mean_kl <= {ec.max_mean_kl}"] = report["mean_kl"] <= ec.max_mean_kl
+    report.update({"format": fmt, "quant": quant, "prompt_source": prompt_source, "checks": checks,
+                   "passed": all(checks.values()), "export_seconds": round(seconds, 2), "student": str(student),
+                   "size_bytes": sum(f.stat().st_size for f in out.glob("*.onnx*")) if fmt == "onnx"
+                   else (out / info["file"]).stat().st_size, "hardware": f"{platform.machine()} {platform.system()}",
+                   **info})
+    (out / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "README.md").write_text(device_readme(fmt, quant, out, info, report, student))
+    if track and source_run:
+        log_to_source_run(cfg, source_run, out, fmt, quant, report)
+    if not report["passed"]:
+        failed = [k for k, ok in checks.items() if not ok]
+        raise ParityFailure(f"parity check failed ({', '.join(failed)}); the files are kept in {out} for inspection "
+                            f"(parity.json has the numbers).")
+    return report
+
+
+def log_to_source_run(cfg: Config, run_id: str, out: Path, fmt: str, quant: str, report: dict) -> None:
+    """Attach the export to the distill run it came from, so the UI shows a student with its exports."""
+    import mlflow
+
+    from distill.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    key = f"{fmt}-{quant}"
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params({f"export.{key}.parity_prompts": report["prompts"], f"export.{key}.size_bytes": report["size_bytes"]})
+        mlflow.log_metrics({f"export.{key}.max_abs_logit_diff": report["max_abs_logit_diff"],
+                            f"export.{key}.top1_agreement": report["top1_agreement"],
+                            f"export.{key}.mean_kl": report["mean_kl"], f"export.{key}.passed": float(report["passed"])})
+        mlflow.set_tag(f"tinyllm.export.{key}", str(out.resolve()))
+        for f in out.iterdir():
+            if f.is_file():
+                mlflow.log_artifact(str(f), f"exports/{key}")
+    log(f"[export] logged to MLflow run {run_id} under exports/{key}")
+
+
+def device_readme(fmt: str, quant: str, out: Path, info: dict, report: dict, student: Path) -> str:
+    pf = json.loads((student / "prompt_format.json").read_text()) if (student / "prompt_format.json").exists() else {
+        "answer_prefix": "predict:"}
+    prompt = (f"{pf['answer_prefix']} Q: Which gas do plants take in to make food?\nAnswer Choices:\n(a) oxygen\n"
+              "(b) carbon dioxide\n(c) helium\nAnswer:")
+    lines = [f"# TinyLLM student — {fmt.upper()} ({quant})", "",
+             "Exported by `tinyllm-export`; nothing from TinyLLM is needed to run it.", "",
+             "## Prompt format", "", "The student answers multiple-choice questions asked like this, and replies with",
+             "the text of the option it picks:", "", "```", prompt, "```", ""]
+    if fmt == "gguf":
+        lines += ["## Run with llama.cpp", "", "```bash",
+                  f"llama-cli -m {info['file']} --temp 0 -n 32 -p \"$(printf '{prompt.replace(chr(10), chr(92) + 'n')}')\"",
+                  f"llama-server -m {info['file']} --host 127.0.0.1 --port 8080 --jinja   # chat template = the prompt format",
+                  "```", "",
+                  "With `llama-server --jinja`, send the question block (`Q: …\\nAnswer Choices:\\n(a) …`) as the user",
+                  "message; the embedded chat template adds the prefix and `Answer:`."]
+    else:
+        lines += ["## Run with onnxruntime", "", "```python", "from optimum.onnxruntime import ORTModelForCausalLM",
+                  "from transformers import AutoTokenizer", "tok = AutoTokenizer.from_pretrained('.')",
+                  "model = ORTModelForCausalLM.from_pretrained('.')",
+                  f"ids = tok({prompt!r}, return_tensors='pt')",
+                  "print(tok.decode(model.generate(**ids, max_new_tokens=32, do_sample=False)[0][ids['input_ids'].shape[1]:]))",
+                  "```"]
+    lines += ["", "## Parity against the torch student", "",
+              f"On {report['prompts']} prompts from {report['prompt_source']} ({report['positions']} positions):", "",
+              f"- max |logit difference|: {report['max_abs_logit_diff']:.4g}",
+              f"- top-1 next-token agreement: {report['top1_agreement']:.4f}",
+              f"- mean KL(torch || export): {report['mean_kl']:.4g}",
+              f"- tokenizer round trip identical: {report['tokenizer_round_trip']}",
+              f"- checks: " + ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in report["checks"].items()), ""]
+    return "\n".join(lines)
