@@ -143,9 +143,12 @@ class ExportConfig:
     """ONNX (fp32): largest allowed |logit difference| against torch."""
     max_logit_diff_f16: float = 0.5
     """GGUF f16: largest allowed |logit difference| (f16 weights round; logits span ~±30)."""
-    min_top1_agreement: float = 0.9
-    """Quantized GGUF: share of positions whose top-1 token matches torch."""
-    max_mean_kl: float = 0.1
+    min_top1_agreement: dict[str, float] = field(default_factory=lambda: {"q8_0": 0.9, "q4_k_m": 0.8, "int8": 0.8})
+    """Quantized exports, per quant: share of positions whose top-1 token matches torch. 4-bit costs
+    small models more (SmolLM2-135M: q8_0 0.95, q4_k_m 0.87 measured); override per quant, e.g.
+    export.min_top1_agreement.q4_k_m=0.85."""
+    max_mean_kl: dict[str, float] = field(default_factory=lambda: {"q8_0": 0.05, "q4_k_m": 0.15, "int8": 0.15})
+    """Quantized exports, per quant: mean KL(torch || export) over all positions."""
     parity_prompts: int = 8
 
 
@@ -190,6 +193,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return "a list"
+    if origin is dict:
+        return "a mapping"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return str(tp)
@@ -217,6 +222,11 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
         if value not in typing.get_args(tp):
             raise wrong()
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise wrong()
+        _, item_tp = typing.get_args(tp)
+        return {str(k): _convert(item_tp, v, f"{key}.{k}", source) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise wrong()
@@ -332,6 +342,10 @@ def apply_override(cfg: Config, item: str) -> None:
                 return
             target = target[int(part)]
             continue
+        if isinstance(target, dict) and last:
+            item_tp = float if all(isinstance(v, float) for v in target.values()) else str
+            target[part] = _convert(item_tp, value, dotted, source)
+            return
         if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
             raise _unknown_key(type(target), part, prefix + "." if prefix else "", source)
         if last:

@@ -23,7 +23,7 @@ examples:
 @click.argument("overrides", nargs=-1)
 @click.option("--format", "fmt", type=click.Choice(["onnx", "gguf"]), required=True, help="Target runtime format.")
 @click.option("--quant", help="gguf: f16, q8_0 or q4_k_m (what people ship); onnx: none or int8 (dynamic quantization).")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder (self-contained: model, tokenizer, parity report, README).")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (self-contained: model, tokenizer, parity report, README); default: exports/<format>-<quant> beside the student.")
 @click.option("--run", "run_id", help="Export the student of this distill run (MLflow run id) instead of SOURCE.")
 @click.option("-c", "--config", type=click.Path(dir_okay=False), help="YAML config whose export: section sets thresholds.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the plan, then exit.")
@@ -40,7 +40,10 @@ def main(source, overrides, fmt, quant, out, run_id, config, dry_run, no_mlflow)
     if not source and not run_id:
         raise UserError("give a SOURCE (model folder, runs:/… or models:/…) or --run RUN_ID.")
     cfg = load_config(config, overrides)
-    out_dir = Path(out or f"exports/{fmt}-{quant or 'default'}")
+    quant = quant or ("q4_k_m" if fmt == "gguf" else "none")
+    # Default: beside the student, where tinyllm-bench looks for its exported forms.
+    base = Path(source).parent if source and Path(source).is_dir() else Path(cfg.output_dir)
+    out_dir = Path(out) if out else base / "exports" / f"{fmt}-{quant}"
     if dry_run:
         click.echo(dump_yaml(cfg))
         click.echo(json.dumps({"source": source or f"runs:/{run_id}/student", "format": fmt, "quant": quant,

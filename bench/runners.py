@@ -1,0 +1,160 @@
+"""One runner per runtime: answer a question greedily, timing prefill and decode separately.
+
+Each runner's `answer(prompt)` returns the generated text and its timings; `option_logprobs` gives
+per-option mean log-probabilities where the runtime exposes logits. Runners are created inside the
+contestant's own process (see bench/run.py), with a fixed number of threads.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Timed:
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    ttft_s: float
+    """Time to first token: prompt processing plus the first decode step."""
+    total_s: float
+
+    @property
+    def decode_tok_s(self) -> float:
+        rest = self.total_s - self.ttft_s
+        return (self.new_tokens - 1) / rest if self.new_tokens > 1 and rest > 0 else 0.0
+
+    @property
+    def prompt_tok_s(self) -> float:
+        return self.prompt_tokens / self.ttft_s if self.ttft_s > 0 else 0.0
+
+
+def _stop_at(text: str, stops: list[str]) -> tuple[str, bool]:
+    for s in stops:
+        if s in text:
+            return text.split(s)[0], True
+    return text, False
+
+
+class HFRunner:
+    """transformers (torch) or optimum's ORTModelForCausalLM: the same greedy loop over past_key_values."""
+
+    def __init__(self, model, tok):
+        self.model, self.tok = model, tok
+
+    def answer(self, prompt: str, max_new_tokens: int, stops: list[str]) -> Timed:
+        import torch
+
+        ids = self.tok(prompt, return_tensors="pt")["input_ids"]
+        start = time.perf_counter()
+        new: list[int] = []
+        with torch.inference_mode():
+            mask = torch.ones_like(ids)
+            out = self.model(input_ids=ids, attention_mask=mask, use_cache=True)
+            ttft = None
+            for _ in range(max_new_tokens):
+                nxt = int(out.logits[0, -1].argmax())
+                if ttft is None:
+                    ttft = time.perf_counter() - start
+                if nxt == self.tok.eos_token_id:
+                    break
+                new.append(nxt)
+                if _stop_at(self.tok.decode(new), stops)[1]:
+                    break
+                mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype)], dim=1)
+                out = self.model(input_ids=torch.tensor([[nxt]]), attention_mask=mask, past_key_values=out.past_key_values,
+                                 use_cache=True)
+        total = time.perf_counter() - start
+        text, _ = _stop_at(self.tok.decode(new, skip_special_tokens=True), stops)
+        return Timed(text, ids.shape[1], max(1, len(new)), ttft or total, total)
+
+    def option_logprobs(self, prompt: str, options: list[str]) -> list[float]:
+        import torch
+
+        scores = []
+        p_ids = self.tok(prompt)["input_ids"]
+        with torch.inference_mode():
+            for opt in options:
+                o_ids = self.tok(" " + opt, add_special_tokens=False)["input_ids"]
+                ids = torch.tensor([p_ids + o_ids])
+                logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
+                lp = torch.log_softmax(logits[len(p_ids) - 1:-1], -1)
+                scores.append(float(lp[torch.arange(len(o_ids)), torch.tensor(o_ids)].mean()))
+        return scores
+
+
+class LlamaCppRunner:
+    def __init__(self, path: str, threads: int, n_ctx: int = 2048, chat: bool = False):
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, logits_all=False, verbose=False)
+        self.chat = chat
+        self.add_bos = self.llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
+        self.path, self.threads, self.n_ctx = path, threads, n_ctx
+        self._scorer = None
+
+    def answer(self, prompt: str, max_new_tokens: int, stops: list[str]) -> Timed:
+        start, ttft, chunks, n = time.perf_counter(), None, [], 0
+        if self.chat:
+            stream = self.llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_new_tokens,
+                                                     temperature=0.0, stream=True)
+            pieces = (c["choices"][0]["delta"].get("content") or "" for c in stream)
+        else:
+            stream = self.llm.create_completion(prompt, max_tokens=max_new_tokens, temperature=0.0, stream=True, stop=stops)
+            pieces = (c["choices"][0]["text"] for c in stream)
+        for piece in pieces:
+            if ttft is None:
+                ttft = time.perf_counter() - start
+            chunks.append(piece)
+            n += 1
+        total = time.perf_counter() - start
+        text, _ = _stop_at("".join(chunks), stops)
+        prompt_tokens = len(self.llm.tokenize(prompt.encode(), add_bos=self.add_bos, special=True))
+        return Timed(text, prompt_tokens, max(1, n), ttft or total, total)
+
+    def option_logprobs(self, prompt: str, options: list[str]) -> list[float]:
+        import llama_cpp
+
+        if self._scorer is None:  # a second context with logits for every position
+            self._scorer = llama_cpp.Llama(model_path=self.path, n_ctx=self.n_ctx, n_threads=self.threads, logits_all=True,
+                                           verbose=False)
+        llm = self._scorer
+        p_ids = llm.tokenize(prompt.encode(), add_bos=self.add_bos, special=True)
+        scores = []
+        for opt in options:
+            o_ids = llm.tokenize((" " + opt).encode(), add_bos=False, special=False)
+            llm.reset()
+            llm.eval(p_ids + o_ids)
+            logits = np.array(llm.scores[len(p_ids) - 1: len(p_ids) + len(o_ids) - 1], dtype=np.float64)
+            lp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+            scores.append(float(lp[np.arange(len(o_ids)), o_ids].mean()))
+        return scores
+
+    def close(self):
+        self.llm.close()
+        if self._scorer is not None:
+            self._scorer.close()
+
+
+class OpenAIRunner:
+    """A teacher behind an OpenAI-compatible server: latency is what the client sees, streamed."""
+
+    def __init__(self, tcfg):
+        from distill.teachers import OpenAITeacher
+
+        self.teacher = OpenAITeacher(tcfg)
+
+    def answer(self, prompt: str, max_new_tokens: int, stops: list[str]) -> Timed:
+        import dataclasses
+
+        from distill.prompts import TeacherPrompt
+
+        t = self.teacher
+        t.cfg = dataclasses.replace(t.cfg, max_new_tokens=max_new_tokens)
+        start = time.perf_counter()
+        gen = t._one(TeacherPrompt("q", [{"role": "user", "content": prompt}], prompt))
+        total = time.perf_counter() - start
+        text, _ = _stop_at(gen.text, stops)
+        return Timed(text, 0, max(1, gen.completion_tokens), total, total)
