@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
 from distill.cli import user_errors
-from distill.errors import UserError
 
 EXAMPLES = """\b
 examples:
@@ -21,9 +21,12 @@ examples:
 @click.option("--limit", type=int, help="Use only the first N test questions.")
 @click.option("--contestants", help="Comma-separated subset of contestants (default: all).")
 @click.option("--threads", type=int, help="CPU threads for every runtime (fixed and reported).")
-@click.option("--dry-run", is_flag=True, help="Print the resolved config and the plan, then exit.")
+@click.option("--student", type=click.Path(file_okay=False), help="The student folder (default: <output_dir>/student); its exports are found beside it.")
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: <output_dir>/bench).")
+@click.option("--no-mlflow", is_flag=True, help="Do not log a bench run to MLflow.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and the contestants found, then exit.")
 @user_errors
-def main(overrides, config, limit, contestants, threads, dry_run):
+def main(overrides, config, limit, contestants, threads, student, out, no_mlflow, dry_run):
     """Accuracy, latency, memory and size of the student (torch, ONNX, GGUF) against its teachers."""
     from distill.config import dump_yaml, load_config
 
@@ -35,10 +38,18 @@ def main(overrides, config, limit, contestants, threads, dry_run):
     if contestants:
         extra.append(f"bench.contestants={json.dumps(contestants.split(','))}")
     cfg = load_config(config, extra)
+    student_dir = Path(student) if student else Path(cfg.output_dir) / "student"
+    out_dir = Path(out) if out else Path(cfg.output_dir) / "bench"
     if dry_run:
+        from bench.run import discover
+
         click.echo(dump_yaml(cfg))
+        click.echo(json.dumps([{k: v for k, v in c.items() if k != "teacher"} for c in discover(cfg, student_dir)], indent=2))
         return
-    raise UserError("the benchmark is not built yet (issue #6); use --dry-run to check the arguments.")
+    from bench.run import bench
+
+    bench(cfg, student_dir if student_dir.exists() else None, out_dir, track=not no_mlflow)
+    click.echo(f"\nreport: {out_dir / 'report.md'}  plots: {out_dir / 'accuracy_vs_latency.png'}, {out_dir / 'accuracy_vs_size.png'}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def export_onnx(student: Path, out: Path, quant: str = "none") -> dict:
 
         for f in sorted(out.glob("*.onnx")):
             tmp = f.with_suffix(".int8.onnx")
-            quantize_dynamic(str(f), str(tmp), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(f), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
             data = f.with_suffix(".onnx_data")
             f.unlink()
             if data.exists():

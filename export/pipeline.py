@@ -54,9 +54,13 @@ def task_prompts(student: Path, cfg: Config, n: int) -> tuple[list[str], str]:
     data = cfg.data
     resolved = student.parent / "resolved_config.yaml"
     if resolved.exists():
-        from distill.config import load_config
+        # Only the data section matters here; an older run's other sections need not match today's schema.
+        import yaml
 
-        data = load_config(resolved).data
+        from distill.config import DataConfig, _build
+
+        section = (yaml.safe_load(resolved.read_text()) or {}).get("data") or {}
+        data = _build(DataConfig, section, "data", str(resolved))
     try:
         ds = load_dataset(data.name, data.path)
         exs, where = ds.split(data.test_split), f"{ds.name}/{data.test_split}"

@@ -1,0 +1,201 @@
+"""`tinyllm-bench`: find the contestants, run each in its own process, report what was measured."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from distill.config import Config, write_resolved
+from distill.errors import UserError
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file() and f.suffix in (".safetensors", ".onnx", ".onnx_data", ".gguf"))
+
+
+def discover(cfg: Config, student: Path | None) -> list[dict]:
+    """Every form of the student (torch folder, exports beside it) and every model teacher."""
+    from distill.models import resolve_gguf
+
+    found = []
+    if student and (student / "config.json").exists():
+        found.append({"name": "student-torch", "kind": "student-torch", "role": "student", "runtime": "torch fp32",
+                      "path": str(student), "size_bytes": _size(student)})
+        exports = student.parent / "exports"
+        for d in sorted(exports.glob("*")) if exports.exists() else []:
+            parity = d / "parity.json"
+            if not parity.exists():
+                continue
+            p = json.loads(parity.read_text())
+            if p["format"] == "gguf":
+                f = d / p["file"]
+                found.append({"name": f"student-gguf-{p['quant']}", "kind": "student-gguf", "role": "student",
+                              "runtime": f"llama.cpp {p['quant']}", "path": str(f), "size_bytes": f.stat().st_size,
+                              "parity_passed": p["passed"]})
+            else:
+                found.append({"name": f"student-onnx-{p['quant']}", "kind": "student-onnx", "role": "student",
+                              "runtime": f"onnxruntime {'fp32' if p['quant'] == 'none' else p['quant']}", "path": str(d),
+                              "size_bytes": _size(d), "parity_passed": p["passed"]})
+    import dataclasses
+
+    for t in cfg.teachers:
+        if t.backend == "files":
+            continue  # precomputed rationales are not a model that can answer
+        size = None
+        if t.backend == "llama.cpp":
+            try:
+                size = resolve_gguf(t.model).stat().st_size
+            except UserError:
+                size = None
+        found.append({"name": f"teacher:{t.name}", "kind": "teacher", "role": "teacher", "runtime": f"{t.backend} {t.model}",
+                      "teacher": dataclasses.asdict(t), "size_bytes": size})
+    return found
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for k successes out of n."""
+    if n == 0:
+        return 0.0, 0.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    i = (len(xs) - 1) * q
+    lo, hi = math.floor(i), math.ceil(i)
+    return xs[lo] + (xs[hi] - xs[lo]) * (i - lo)
+
+
+def score(preds: list[dict]) -> dict:
+    """Accuracy (with 95% CI) and latency figures from per-question records."""
+    n = len(preds)
+    out = {"n": n}
+    for m in ("generate", "loglik"):
+        key = f"pred_{m}"
+        if preds and key in preds[0]:
+            k = sum(1 for p in preds if p[key] == p["gold"])
+            lo, hi = wilson(k, n)
+            out[f"accuracy_{m}"] = k / n if n else 0.0
+            out[f"ci95_{m}"] = [lo, hi]
+            out[f"unanswered_{m}"] = sum(1 for p in preds if p[key] is None)
+    totals = [p["total_s"] for p in preds]
+    out.update({"p50_s": percentile(totals, 0.5), "p95_s": percentile(totals, 0.95),
+                "ttft_p50_s": percentile([p["ttft_s"] for p in preds], 0.5),
+                "decode_tok_s_p50": percentile([p["decode_tok_s"] for p in preds if p["decode_tok_s"] > 0], 0.5),
+                "prompt_tok_s_p50": percentile([p["prompt_tok_s"] for p in preds if p["prompt_tok_s"] > 0], 0.5)})
+    return out
+
+
+def run_contestant(c: dict, cfg_file: Path, out: Path, student: Path | None, timeout: float) -> dict:
+    cdir = out / "contestants" / c["name"].replace(":", "-")
+    cdir.mkdir(parents=True, exist_ok=True)
+    spec = {**c, "config": str(cfg_file), "out": str(cdir), "prompt_format_dir": str(student) if student else ""}
+    (cdir / "spec.json").write_text(json.dumps(spec, indent=2))
+    start = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": str(c["threads"])}  # onnxruntime/torch honour it at start-up
+    with open(cdir / "stderr.log", "w") as err:
+        try:
+            proc = subprocess.run([sys.executable, "-m", "bench.worker", str(cdir / "spec.json")], stderr=err,
+                                  stdout=subprocess.DEVNULL, timeout=timeout, cwd=Path(__file__).resolve().parent.parent,
+                                  env=env)
+            status = "ok" if proc.returncode == 0 else f"crashed (exit {proc.returncode})"
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {timeout:g}s"
+    result = {**{k: v for k, v in c.items() if k != "teacher"}, "status": status, "wall_s": time.perf_counter() - start}
+    preds_file = cdir / "predictions.jsonl"
+    preds = [json.loads(line) for line in preds_file.read_text().splitlines()] if preds_file.exists() else []
+    if status != "ok":
+        tail = (cdir / "stderr.log").read_text().strip().splitlines()[-1:] or [""]
+        result["error"] = tail[0][-300:]
+        log(f"[bench] {c['name']}: {status}: {result['error']}")
+        result["answered_before_failure"] = len(preds)
+        return result
+    result.update(score(preds))
+    result.update(json.loads((cdir / "worker.json").read_text()))
+    result["predictions"] = str(preds_file)
+    return result
+
+
+def bench(cfg: Config, student: Path | None, out: Path, track: bool = True) -> dict:
+    from bench.report import write_report
+    from distill.data import load_dataset
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_file = write_resolved(cfg, out)
+    contestants = discover(cfg, student)
+    if cfg.bench.contestants:
+        known = {c["name"] for c in contestants}
+        unknown = [n for n in cfg.bench.contestants if n not in known]
+        if unknown:
+            raise UserError(f"unknown contestant(s) {', '.join(unknown)}; found: {', '.join(sorted(known)) or 'none'}.")
+        contestants = [c for c in contestants if c["name"] in cfg.bench.contestants]
+    if not contestants:
+        raise UserError("no contestants: train a student (tinyllm-distill run) or configure teachers with a model backend.")
+    ds = load_dataset(cfg.data.name, cfg.data.path)
+    n_questions = len(ds.split(cfg.data.test_split)[: cfg.bench.limit])
+    log(f"[bench] {len(contestants)} contestant(s) on {n_questions} questions of {ds.name}/{cfg.data.test_split}, "
+        f"{cfg.bench.threads} threads, {cfg.bench.warmup} warm-up question(s)")
+    results = []
+    for c in contestants:
+        c["threads"] = cfg.bench.threads
+        log(f"[bench] {c['name']} ({c['runtime']})")
+        results.append(run_contestant(c, cfg_file, out, student, cfg.bench.timeout_s))
+    meta = {"dataset": ds.name, "split": cfg.data.test_split, "questions": n_questions, "threads": cfg.bench.threads,
+            "warmup": cfg.bench.warmup, "hardware": hardware(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "method": ("Each contestant runs in its own process with a fixed thread count; after warm-up questions "
+                       "(not timed), every test question is answered once, greedily, and timed: latency figures are "
+                       "medians/p95 over those timed questions. Students answer with their answer prefix (exact match "
+                       "to an option text); teachers answer zero-shot chain-of-thought, parsed for 'the answer is (x)' "
+                       "or the option they name last. Log-likelihood accuracy scores each option's mean token log-prob.")}
+    report = write_report(results, meta, out)
+    if track:
+        log_bench_run(cfg, report, out, student)
+    return report
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}; {os.cpu_count()} logical cores; {platform.system()} {platform.release()}"
+
+
+def log_bench_run(cfg: Config, report: dict, out: Path, student: Path | None) -> None:
+    from distill.tracking import mlflow_run
+
+    tags = {"tinyllm.dataset": report["meta"]["dataset"]}
+    summary = student.parent / "summary.json" if student else None
+    if summary and summary.exists():
+        run_id = json.loads(summary.read_text()).get("run_id")
+        if run_id:
+            tags["tinyllm.distill_run_id"] = run_id
+    with mlflow_run(cfg, "bench", run_name=f"bench-{report['meta']['dataset']}", tags=tags) as run:
+        for r in report["contestants"]:
+            key = r["name"].replace(":", "_")
+            metrics = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and k in ("accuracy_generate", "accuracy_loglik", "p50_s", "p95_s", "ttft_p50_s", "decode_tok_s_p50",
+                                 "prompt_tok_s_p50", "peak_rss_mb", "size_bytes", "speedup_vs_largest_teacher")}
+            run.log_metrics({f"{key}.{k}": v for k, v in metrics.items() if not math.isnan(v)})
+            run.set_tags({f"tinyllm.bench.{key}.status": r["status"]})
+        run.log_artifacts(str(out), "bench")
