@@ -35,7 +35,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8"],
+    "test": ["pytest>=8", "psycopg2-binary"],
     # GPU hosts: onnxruntime-gpu replaces the CPU onnxruntime for ONNX benchmarks.
     "gpu": ["onnxruntime-gpu"],
     # A shared MLflow server on PostgreSQL.

@@ -98,7 +98,7 @@ def main(spec_file: str) -> None:
     def ask(ex):
         if student:
             return runner.answer(fmt.answer_prompt(ex), 32, ["\n"])
-        return runner.answer(render_question(ex) + "\nAnswer: Let's think step by step.", spec.get("max_new_tokens", 128),
+        return runner.answer(render_question(ex) + "\nAnswer: Let's think step by step.", spec["teacher"]["max_new_tokens"],
                              ["\n\nQ:"])
 
     for ex in questions[: cfg.bench.warmup]:

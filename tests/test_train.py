@@ -129,7 +129,8 @@ def test_long_prompts_keep_prefix_and_target(tiny_student):
 # Whole runs through the CLI: MLflow, checkpoints and resume, two processes.
 
 
-def write_run_config(tmp_path, tiny_student, teachers=("a", "b"), **train):
+def write_run_config(tmp_path, tiny_student, teachers=("a", "b"), from_env=False, **train):
+    """A run over 24 demo questions with in-test rationales; MLflow in tmp_path, or MLFLOW_TRACKING_URI if from_env."""
     exs = load_dataset("demo").splits["train"]
     teacher_lines = []
     for t in teachers:
@@ -145,7 +146,7 @@ teachers:
 {chr(10).join(teacher_lines) if teacher_lines else '  []'}
 student: {{model: {tiny_student}}}
 train: {{{train_yaml}}}
-tracking: {{uri: "sqlite:///{tmp_path / 'mlflow.db'}", experiment: test, system_metrics: false}}
+tracking: {{{'' if from_env else f'uri: "sqlite:///{tmp_path / "mlflow.db"}", '}experiment: test, system_metrics: false}}
 """)
     return cfg
 

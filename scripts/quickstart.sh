@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The quick start: distill -> export (GGUF q4_k_m, ONNX) -> bench, offline on CPU with packaged models.
+# Everything goes to runs/quickstart/ and the local MLflow store runs/mlflow.db. A second run reuses
+# the rationale cache (runs/cache/) and the converted models (~/.cache/tinyllm/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+CONFIG=${1:-configs/quickstart.yaml}
+OUT=$($BIN/python -c "from distill.config import load_config; print(load_config('$CONFIG').output_dir)")
+start=$(date +%s)
+
+echo "== 1/4 distill: rationales from both teachers, then the multi-task student"
+$BIN/tinyllm-distill run "$CONFIG"
+echo "== 2/4 export: GGUF q4_k_m for llama.cpp"
+$BIN/tinyllm-export "$OUT/student" --format gguf --quant q4_k_m -c "$CONFIG"
+echo "== 3/4 export: ONNX for onnxruntime"
+$BIN/tinyllm-export "$OUT/student" --format onnx -c "$CONFIG"
+echo "== 4/4 bench: the student in every form against its teachers"
+$BIN/tinyllm-bench -c "$CONFIG"
+
+echo
+echo "quick start done in $(( $(date +%s) - start ))s. Compare the runs in the MLflow UI:"
+echo "  $BIN/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000"

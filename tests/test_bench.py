@@ -1,0 +1,89 @@
+"""tinyllm-bench: the accuracy/CI arithmetic on fixed predictions, and failure isolation.
+
+Run: pytest tests/test_bench.py
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.run import percentile, score, wilson
+from bench.worker import parse_teacher_answer
+
+BIN = Path(sys.executable).parent
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson(80, 100)
+    assert lo == pytest.approx(0.7112, abs=1e-4) and hi == pytest.approx(0.8666, abs=1e-4)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+    assert wilson(0, 0) == (0.0, 0.0)
+
+
+def test_score_on_fixed_predictions():
+    preds = [{"gold": g, "pred_generate": p, "pred_loglik": l, "total_s": t, "ttft_s": t / 2, "decode_tok_s": 10.0,
+              "prompt_tok_s": 100.0} for g, p, l, t in [(0, 0, 0, 1.0), (1, None, 1, 2.0), (2, 2, 0, 3.0), (3, 1, 3, 4.0)]]
+    s = score(preds)
+    assert s["n"] == 4 and s["accuracy_generate"] == 0.5 and s["accuracy_loglik"] == 0.75
+    assert s["unanswered_generate"] == 1
+    assert s["ci95_generate"] == pytest.approx(list(wilson(2, 4)))
+    assert s["p50_s"] == 2.5 and s["p95_s"] == pytest.approx(3.85)
+    assert percentile([5.0], 0.95) == 5.0
+
+
+def test_teacher_answer_parsing():
+    choices = ("oxygen", "carbon dioxide", "helium")
+    assert parse_teacher_answer("Plants breathe it in. So the answer is (b).", choices) == 1
+    assert parse_teacher_answer("Not oxygen; it is carbon dioxide", choices) == 1
+    assert parse_teacher_answer("no idea", choices) is None
+
+
+def test_crash_and_timeout_are_reported_while_others_finish(tmp_path, tiny_bpe_student, monkeypatch):
+    """A student that answers, a teacher whose model file is missing (crash), and a teacher that never answers (timeout)."""
+    import shutil
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Silent(BaseHTTPRequestHandler):
+        def do_POST(self):
+            import time
+
+            time.sleep(60)
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Silent)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    student = tmp_path / "run" / "student"
+    shutil.copytree(tiny_bpe_student, student)
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf")
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text(f"""output_dir: {tmp_path / 'run'}
+data: {{name: demo}}
+teachers:
+  - {{name: broken, backend: llama.cpp, model: {broken}}}
+  - {{name: silent, backend: openai, model: m, base_url: "http://127.0.0.1:{srv.server_address[1]}/v1", timeout_s: 100}}
+bench: {{limit: 4, threads: 1, warmup: 0, timeout_s: 20}}
+""")
+    r = subprocess.run([str(BIN / "tinyllm-bench"), "-c", str(cfg), "--no-mlflow"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    srv.shutdown()
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "bench" / "report.json").read_text())
+    status = {c["name"]: c["status"] for c in report["contestants"]}
+    assert status["student-torch"] == "ok"
+    assert status["teacher:broken"].startswith("crashed")
+    assert status["teacher:silent"] == "timed out after 20s"
+    student_row = next(c for c in report["contestants"] if c["name"] == "student-torch")
+    preds = [json.loads(line) for line in Path(student_row["predictions"]).read_text().splitlines()]
+    assert len(preds) == 4 and student_row["accuracy_loglik"] == sum(p["pred_loglik"] == p["gold"] for p in preds) / 4
+    table = (tmp_path / "run" / "bench" / "report.md").read_text()
+    assert "**timed out after 20s**" in table and "**crashed" in table
+    assert (tmp_path / "run" / "bench" / "accuracy_vs_latency.png").stat().st_size > 1000
