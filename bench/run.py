@@ -109,14 +109,29 @@ def run_contestant(c: dict, cfg_file: Path, out: Path, student: Path | None, tim
     (cdir / "spec.json").write_text(json.dumps(spec, indent=2))
     start = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": str(c["threads"])}  # onnxruntime/torch honour it at start-up
-    with open(cdir / "stderr.log", "w") as err:
-        try:
-            proc = subprocess.run([sys.executable, "-m", "bench.worker", str(cdir / "spec.json")], stderr=err,
-                                  stdout=subprocess.DEVNULL, timeout=timeout, cwd=Path(__file__).resolve().parent.parent,
-                                  env=env)
-            status = "ok" if proc.returncode == 0 else f"crashed (exit {proc.returncode})"
-        except subprocess.TimeoutExpired:
-            status = f"timed out after {timeout:g}s"
+    err_file = cdir / "stderr.log"
+    with open(err_file, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.worker", str(cdir / "spec.json")], stderr=err,
+                                stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent, env=env)
+        shown = 0
+        while True:  # relay the worker's progress lines while it runs; everything else stays in stderr.log
+            try:
+                code = proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                code = None
+            lines = err_file.read_text(errors="replace").splitlines()
+            for line in lines[shown:]:
+                if line.startswith("[bench "):
+                    log("  " + line)
+            shown = len(lines)
+            if code is not None:
+                status = "ok" if code == 0 else f"crashed (exit {code})"
+                break
+            if time.perf_counter() - start > timeout:
+                proc.kill()
+                proc.wait()
+                status = f"timed out after {timeout:g}s"
+                break
     result = {**{k: v for k, v in c.items() if k != "teacher"}, "status": status, "wall_s": time.perf_counter() - start}
     preds_file = cdir / "predictions.jsonl"
     preds = [json.loads(line) for line in preds_file.read_text().splitlines()] if preds_file.exists() else []

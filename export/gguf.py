@@ -6,7 +6,10 @@ metadata), then quantize with llama.cpp's quantizer (`llama_model_quantize`) to 
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,12 +151,27 @@ def write_f16(student: Path, out_file: Path) -> dict:
     return {"architecture": arch_name.lower(), "tensors": len(state), "vocab": size}
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
 def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> None:
     llama_cpp = require("llama_cpp", "llama-cpp-python")
     gguf = require("gguf")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(gguf.LlamaFileType, QUANTS[quant]).value
     params.nthread = threads
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    with _quiet_native_stderr():  # llama.cpp prints a line per tensor; the parity report says what matters
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0:
         raise UserError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc}).")
