@@ -9,7 +9,9 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import subprocess
+import threading
 from pathlib import Path
 
 from distill.errors import require
@@ -116,10 +118,13 @@ def mlflow_run(cfg, stage: str, run_name: str | None = None, tags: dict | None =
         exp_id = mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
     else:
         exp_id = exp.experiment_id
+    out_dir = str(Path(cfg.output_dir).resolve())
+    _end_stale_runs(mlflow, exp_id, stage, out_dir)
     run = mlflow.start_run(experiment_id=exp_id, run_name=run_name,
-                           tags={"tinyllm.stage": stage, **(tags or {})},
+                           tags={"tinyllm.stage": stage, "tinyllm.output_dir": out_dir, **(tags or {})},
                            log_system_metrics=cfg.tracking.system_metrics)
     status = "FAILED"
+    previous = _raise_on_sigterm()
     try:
         r = Run(mlflow, run)
         r.log_params(_flatten(to_dict(cfg)))
@@ -132,3 +137,25 @@ def mlflow_run(cfg, stage: str, run_name: str | None = None, tags: dict | None =
         raise
     finally:
         mlflow.end_run(status=status)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_on_sigterm():
+    """SIGTERM (a scheduler's kill, `timeout`) becomes an exception, so the run is ended, not left RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _end_stale_runs(mlflow, exp_id: str, stage: str, out_dir: str) -> None:
+    """A run killed with SIGKILL cannot end itself; the next run writing the same output folder marks it KILLED."""
+    client = mlflow.MlflowClient()
+    stale = client.search_runs([exp_id], filter_string=f"attributes.status = 'RUNNING' and tags.`tinyllm.stage` = '{stage}'")
+    for r in stale:
+        if r.data.tags.get("tinyllm.output_dir") == out_dir:
+            client.set_terminated(r.info.run_id, status="KILLED")

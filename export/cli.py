@@ -28,8 +28,9 @@ examples:
 @click.option("-c", "--config", type=click.Path(dir_okay=False), help="YAML config whose export: section sets thresholds.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the plan, then exit.")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the export back to the source run.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (refused otherwise).")
 @user_errors
-def main(source, overrides, fmt, quant, out, run_id, config, dry_run, no_mlflow):
+def main(source, overrides, fmt, quant, out, run_id, config, dry_run, no_mlflow, overwrite):
     """Turn a trained student (SOURCE: a local folder, runs:/… or models:/name/version) into ONNX or GGUF.
 
     Every export is checked against the torch model on real prompts; a parity failure exits
@@ -37,6 +38,8 @@ def main(source, overrides, fmt, quant, out, run_id, config, dry_run, no_mlflow)
     """
     from distill.config import dump_yaml, load_config
 
+    if run_id and source and "=" in source:  # with --run there is no SOURCE: the first word is an override
+        source, overrides = None, (source, *overrides)
     if not source and not run_id:
         raise UserError("give a SOURCE (model folder, runs:/… or models:/…) or --run RUN_ID.")
     cfg = load_config(config, overrides)
@@ -52,7 +55,7 @@ def main(source, overrides, fmt, quant, out, run_id, config, dry_run, no_mlflow)
     from export.pipeline import ParityFailure, export_student
 
     try:
-        report = export_student(source, fmt, quant, out_dir, cfg, run_id=run_id, track=not no_mlflow)
+        report = export_student(source, fmt, quant, out_dir, cfg, run_id=run_id, track=not no_mlflow, overwrite=overwrite)
     except ParityFailure as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(1)

@@ -72,3 +72,30 @@ def onnx_parity(model, tok, onnx_dir, prompts: list[str]) -> dict:
         got = ort(input_ids=t, attention_mask=torch.ones_like(t)).logits[0].float().numpy()
         per.append(_compare(torch_logits(model, ids), got))
     return summarize(per, same)
+
+
+def onnx_seq2seq_parity(model, tok, onnx_dir, prompts: list[str], max_new_tokens: int = 16) -> dict:
+    """Encoder-decoder (T5) students: logits along torch's own greedy answer, and the generated text."""
+    from distill.errors import require
+
+    require("optimum.onnxruntime", "optimum-onnx[onnxruntime]")
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+    from transformers import AutoTokenizer
+
+    ort = ORTModelForSeq2SeqLM.from_pretrained(str(onnx_dir))
+    shipped_tok = AutoTokenizer.from_pretrained(str(onnx_dir))
+    per, same, texts_equal = [], [], []
+    with torch.inference_mode():
+        for p in prompts:
+            enc = tok(p, return_tensors="pt")
+            same.append(shipped_tok(p)["input_ids"] == enc["input_ids"][0].tolist())
+            ref_ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+            got_ids = ort.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+            texts_equal.append(tok.decode(ref_ids[0], skip_special_tokens=True) == tok.decode(got_ids[0], skip_special_tokens=True))
+            dec = ref_ids[:, :-1] if ref_ids.shape[1] > 1 else ref_ids
+            ref = model(**enc, decoder_input_ids=dec).logits[0].float().numpy()
+            got = ort(**enc, decoder_input_ids=dec).logits[0].float().numpy()
+            per.append(_compare(ref, got))
+    out = summarize(per, same)
+    out["generation_match"] = sum(texts_equal) / len(texts_equal)
+    return out

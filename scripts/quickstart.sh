@@ -9,12 +9,20 @@ CONFIG=${1:-configs/quickstart.yaml}
 OUT=$($BIN/python -c "from distill.config import load_config; print(load_config('$CONFIG').output_dir)")
 start=$(date +%s)
 
+# A checkpoint newer than the last finished run means the last run was killed: resume it.
+RESUME=()
+latest=$(ls -d "$OUT"/checkpoints/step-* 2>/dev/null | tail -n 1 || true)
+if [ -n "$latest" ] && { [ ! -f "$OUT/summary.json" ] || [ "$latest" -nt "$OUT/summary.json" ]; }; then
+  echo "== resuming the interrupted training from $latest"
+  RESUME=(--resume)
+fi
+
 echo "== 1/4 distill: rationales from both teachers, then the multi-task student"
-$BIN/tinyllm-distill run "$CONFIG"
+$BIN/tinyllm-distill run "$CONFIG" "${RESUME[@]}"
 echo "== 2/4 export: GGUF q4_k_m for llama.cpp"
-$BIN/tinyllm-export "$OUT/student" --format gguf --quant q4_k_m -c "$CONFIG"
+$BIN/tinyllm-export "$OUT/student" --format gguf --quant q4_k_m -c "$CONFIG" --overwrite
 echo "== 3/4 export: ONNX for onnxruntime"
-$BIN/tinyllm-export "$OUT/student" --format onnx -c "$CONFIG"
+$BIN/tinyllm-export "$OUT/student" --format onnx -c "$CONFIG" --overwrite
 echo "== 4/4 bench: the student in every form against its teachers"
 $BIN/tinyllm-bench -c "$CONFIG"
 

@@ -82,7 +82,7 @@ def make_tiny_bpe_student(folder: Path, texts: list[str], hidden: int = 256, see
     with torch.no_grad():  # larger logits than the default init, so parity numbers are not trivially tiny
         for p in model.parameters():
             if p.dim() == 2:
-                p.normal_(0, 0.08)
+                p.normal_(0, 0.25)
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder

@@ -24,7 +24,7 @@ def test_gguf_f16_passes_parity_and_is_self_contained(tiny_bpe_student, tmp_path
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "g" / "parity.json").read_text())
     assert report["passed"] and report["tokenizer_round_trip"] and report["max_abs_logit_diff"] < 0.5
-    assert report["prompts"] == 8 and report["positions"] > 100
+    assert report["prompts"] == 50 and report["positions"] > 1000 and report["top1_agreement"] >= 0.99
     readme = (tmp_path / "g" / "README.md").read_text()
     assert "llama-cli -m student-f16.gguf" in readme and "predict:" in readme
 
@@ -36,18 +36,20 @@ def test_gguf_f16_passes_parity_and_is_self_contained(tiny_bpe_student, tmp_path
 
 
 def test_gguf_quantized_thresholds_decide_and_failures_keep_files(tiny_bpe_student, tmp_path):
-    # A random-init model has near-flat next-token distributions, so q4_k_m flips many top-1 choices:
-    # with the default threshold the export must fail, say why, and keep the files.
+    # A random-init model's weights are all noise, which 4-bit quantization hurts far more than trained
+    # weights: with the default thresholds the export must fail, say why, and keep the files.
     r = export(str(tiny_bpe_student), "--format", "gguf", "--quant", "q4_k_m", "--out", str(tmp_path / "q4"), "--no-mlflow",
                cwd=tmp_path)
     assert r.returncode == 1
-    assert "parity check failed (top1_agreement >= 0.8)" in r.stderr and "kept in" in r.stderr
+    assert "parity check failed (" in r.stderr and "top1_agreement >= 0.8" in r.stderr and "kept in" in r.stderr
     assert (tmp_path / "q4" / "student-q4_k_m.gguf").exists() and (tmp_path / "q4" / "parity.json").exists()
     r = export(str(tiny_bpe_student), "--format", "gguf", "--quant", "q8_0", "--out", str(tmp_path / "q8"), "--no-mlflow",
-               "export.min_top1_agreement.q8_0=0.8", cwd=tmp_path)
+               "export.min_top1_agreement.q8_0=0.8", "export.max_mean_kl.q8_0=0.1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "q8" / "parity.json").read_text())
-    assert report["mean_kl"] < 0.01 and report["top1_agreement"] >= 0.8
+    q4 = json.loads((tmp_path / "q4" / "parity.json").read_text())
+    # The report tells what each quantization costs: 8-bit is much closer to torch than 4-bit.
+    assert report["mean_kl"] < q4["mean_kl"] / 5 and report["top1_agreement"] > q4["top1_agreement"]
 
 
 def test_unsupported_architecture_is_refused_in_one_sentence(tiny_student, tmp_path):
@@ -67,3 +69,66 @@ def test_onnx_export_matches_torch(tiny_bpe_student, tmp_path):
     report = json.loads((tmp_path / "o" / "parity.json").read_text())
     assert report["passed"] and report["max_abs_logit_diff"] < 1e-2 and report["tokenizer_round_trip"]
     assert (tmp_path / "o" / "tokenizer.json").exists() and (tmp_path / "o" / "prompt_format.json").exists()
+
+
+def test_t5_student_exports_to_onnx_and_generates_like_torch(tmp_path):
+    from conftest import make_tiny_student
+    from distill.data import load_dataset
+    from distill.prompts import render_question
+
+    texts = [render_question(e) + " predict: Answer:" for e in load_dataset("demo").splits["train"]]
+    t5 = make_tiny_student(tmp_path / "t5", texts, arch="t5")
+    r = export(str(t5), "--format", "onnx", "--out", str(tmp_path / "o"), "--no-mlflow", "export.parity_prompts=20",
+               cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "o" / "parity.json").read_text())
+    assert report["prompts"] == 20 and report["generation_match"] == 1.0 and report["passed"]
+    assert report["task"] == "text2text-generation-with-past"
+
+
+def test_bad_inputs_get_one_sentence_and_leave_nothing_complete_looking(tiny_bpe_student, tmp_path):
+    import shutil
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    r = export(str(empty), "--format", "gguf", "--out", str(tmp_path / "a"), cwd=tmp_path)
+    assert r.returncode == 2 and "has no *.safetensors weights" in r.stderr
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_bpe_student, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00\x01garbage")
+    r = export(str(corrupt), "--format", "gguf", "--out", str(tmp_path / "b"), cwd=tmp_path)
+    assert r.returncode == 2 and "is not a readable safetensors file" in r.stderr and "Traceback" not in r.stderr
+
+    r = export(str(tiny_bpe_student), "--format", "gguf", "--quant", "q3_weird", "--out", str(tmp_path / "c"), cwd=tmp_path)
+    assert r.returncode == 2 and "--quant q3_weird is not a GGUF option; use one of f16, q8_0, q4_k_m." in r.stderr
+    r = export(str(tiny_bpe_student), "--format", "onnx", "--quant", "q4_k_m", "--out", str(tmp_path / "c"), cwd=tmp_path)
+    assert r.returncode == 2 and "is not an ONNX option" in r.stderr
+
+    (tmp_path / "taken").mkdir()
+    r = export(str(tiny_bpe_student), "--format", "gguf", "--quant", "f16", "--out", str(tmp_path / "taken"), cwd=tmp_path)
+    assert r.returncode == 2 and "already exists; pass --overwrite" in r.stderr
+    r = export(str(tiny_bpe_student), "--format", "gguf", "--quant", "f16", "--out", str(tmp_path / "taken"), "--overwrite",
+               "--no-mlflow", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "taken" / "parity.json").exists()
+    assert not list(tmp_path.glob("*.partial")), "no half-written folder remains"
+    for name in ("a", "b", "c"):
+        assert not (tmp_path / name).exists()
+
+
+def test_export_by_run_id_logs_to_that_run(tmp_path, tiny_bpe_student):
+    import mlflow
+
+    from test_train import run_cli, write_run_config
+
+    cfg = write_run_config(tmp_path, tiny_bpe_student, teachers=("a",), max_steps=1)
+    summary = json.loads(run_cli("run", str(cfg), cwd=tmp_path).stdout)
+    r = export("--run", summary["run_id"], "--format", "gguf", "--quant", "q8_0", "--out", str(tmp_path / "g"),
+               "-c", str(cfg), "export.min_top1_agreement.q8_0=0.5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = mlflow.get_run(summary["run_id"])
+    assert "export.gguf-q8_0.top1_agreement" in run.data.metrics
+    files = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"], "exports/gguf-q8_0")}
+    assert {"exports/gguf-q8_0/student-q8_0.gguf", "exports/gguf-q8_0/parity.json"} <= files

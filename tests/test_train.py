@@ -250,3 +250,30 @@ def test_lora_t5_student_registers_and_saves_merged(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     local = mlflow.artifacts.download_artifacts("models:/tiny-student/1")
     assert (Path(local) / "prompt_format.json").exists()
+
+
+def test_killed_runs_never_stay_running(tmp_path, tiny_student):
+    """SIGTERM ends the run FAILED; a SIGKILLed run is marked KILLED by the next run on the same output folder."""
+    import signal
+    import time
+
+    import mlflow
+
+    cfg = write_run_config(tmp_path, tiny_student, max_steps=400, save_every=0, log_every=1)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    statuses = []
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        proc = subprocess.Popen([str(BIN / "tinyllm-distill"), "run", str(cfg)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        for line in proc.stderr:  # wait until training is under way
+            if line.startswith("step 00002"):
+                break
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        time.sleep(0.5)
+        statuses.append(sorted(r.info.status for r in mlflow.search_runs(experiment_names=["test"], output_format="list")))
+    assert statuses[0] == ["FAILED"]
+    assert statuses[1] == ["FAILED", "RUNNING"]  # SIGKILL: nothing in the process could react
+    run_cli("run", str(cfg), "train.max_steps=1", cwd=tmp_path)
+    final = sorted(r.info.status for r in mlflow.search_runs(experiment_names=["test"], output_format="list"))
+    assert final == ["FAILED", "FINISHED", "KILLED"]
