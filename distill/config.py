@@ -132,6 +132,8 @@ class TrackingConfig:
     register_as: str | None = None
     """Register the student under this model name."""
     system_metrics: bool = True
+    tags: dict[str, str] = field(default_factory=dict)
+    """Extra tags on every run (e.g. tracking.tags.cell=lora-answer), to group runs in the UI."""
 
 
 @dataclass
@@ -331,6 +333,7 @@ def apply_override(cfg: Config, item: str) -> None:
     except yaml.YAMLError:
         value = text
     target: Any = cfg
+    target_tp: Any = Config
     for depth, part in enumerate(parts):
         prefix = ".".join(parts[:depth])
         last = depth == len(parts) - 1
@@ -344,14 +347,13 @@ def apply_override(cfg: Config, item: str) -> None:
             target = target[int(part)]
             continue
         if isinstance(target, dict) and last:
-            item_tp = float if all(isinstance(v, float) for v in target.values()) else str
-            target[part] = _convert(item_tp, value, dotted, source)
+            target[part] = _convert(typing.get_args(target_tp)[1], value, dotted, source)
             return
         if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
             raise _unknown_key(type(target), part, prefix + "." if prefix else "", source)
+        target_tp = _hints(type(target))[part]
         if last:
-            tp = _hints(type(target))[part]
-            setattr(target, part, _convert(tp, value, dotted, source))
+            setattr(target, part, _convert(target_tp, value, dotted, source))
             return
         target = getattr(target, part)
 

@@ -121,7 +121,8 @@ def mlflow_run(cfg, stage: str, run_name: str | None = None, tags: dict | None =
     out_dir = str(Path(cfg.output_dir).resolve())
     _end_stale_runs(mlflow, exp_id, stage, out_dir)
     run = mlflow.start_run(experiment_id=exp_id, run_name=run_name,
-                           tags={"tinyllm.stage": stage, "tinyllm.output_dir": out_dir, **(tags or {})},
+                           tags={"tinyllm.stage": stage, "tinyllm.output_dir": out_dir, **(tags or {}),
+                                 **cfg.tracking.tags},
                            log_system_metrics=cfg.tracking.system_metrics)
     status = "FAILED"
     previous = _raise_on_sigterm()

@@ -101,7 +101,12 @@ def test_shipped_configs_load():
 
 def test_mapping_fields_take_per_key_overrides(tmp_path):
     cfg = load_config(None, ["export.min_top1_agreement.q4_k_m=0.7"])
-    assert cfg.export.min_top1_agreement["q4_k_m"] == 0.7 and cfg.export.min_top1_agreement["q8_0"] == 0.9
+    assert cfg.export.min_top1_agreement["q4_k_m"] == 0.7 and cfg.export.min_top1_agreement["q8_0"] == 0.94
     p = write(tmp_path, "export:\n  max_mean_kl: {q8_0: lots}\n")
     with pytest.raises(UserError, match=r"'export.max_mean_kl.q8_0' must be a number"):
         load_config(p)
+
+
+def test_string_mapping_override():
+    cfg = load_config(None, ["tracking.tags.cell=lora-answer", "tracking.tags.budget=2000"])
+    assert cfg.tracking.tags == {"cell": "lora-answer", "budget": "2000"}

@@ -1,0 +1,103 @@
+"""The paper's table at CPU scale: five methods x six datasets, one resumable cell at a time.
+
+    .venv/bin/python benchmarks/paper_table.py --datasets obqa,arc,riddlesense --methods all
+    .venv/bin/python benchmarks/paper_table.py --table        # only rebuild the markdown from finished cells
+
+Every cell is one tinyllm-distill command (printed and stored with its result), one MLflow run
+(tags: dataset, method, student, budget) and one JSON file under benchmarks/results/paper/. A cell
+whose JSON exists is skipped, so the table can be built over several sittings; a killed cell is
+simply run again. Student: the packaged SmolLM2-135M-Instruct (a CPU stand-in for the paper's
+80M FLAN-T5-small); accuracy is option log-likelihood on the full test split, with a 95% Wilson CI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+RESULTS = REPO / "benchmarks" / "results" / "paper"
+BIN = Path(sys.executable).parent
+
+# Training questions per dataset at CPU scale (the full split where it fits, >= 2000 otherwise).
+BUDGET = {"obqa": 2000, "arc": None, "riddlesense": 2000, "piqa": 2000, "pubmedqa": None, "bioasq": None}
+
+FLAN = "{name: flan-t5-xl, backend: files, model: flan-t5-xl, alpha: 1.0}"
+LLAMA = "{name: llama-2-7b, backend: files, model: llama-2-7b, alpha: 1.0}"
+METHODS = {
+    "zero-shot": None,
+    "lora-answer": ["teachers=[]", "student.lora=true", "train.lr=1e-4"],
+    "ft-answer": ["teachers=[]"],
+    "step-by-step": [f"teachers=[{FLAN}]"],
+    "tinyllm": [f"teachers=[{FLAN}, {LLAMA}]"],
+}
+
+def command(dataset: str, method: str) -> list[str]:
+    cfg = f"configs/paper/{dataset}.yaml"
+    common = ["student.model=smollm2-135m-instruct", "student.architecture=auto", "train.eval_method=loglik",
+              "data.eval_split=test", "train.batch_size=8", f"output_dir=runs/paper/{dataset}/{method}",
+              f"tracking.tags.method_cell={method}", "tracking.tags.student=smollm2-135m-instruct",
+              f"tracking.tags.budget={BUDGET[dataset] or 'full'}"]
+    if BUDGET[dataset]:
+        common.append(f"data.max_train={BUDGET[dataset]}")
+    if method == "zero-shot":
+        return [str(BIN / "tinyllm-distill"), "eval", cfg, *common]
+    return [str(BIN / "tinyllm-distill"), "run", cfg, *METHODS[method], *common]
+
+
+def run_cell(dataset: str, method: str) -> dict:
+    out = RESULTS / f"{dataset}-{method}.json"
+    if out.exists():
+        print(f"[paper] {dataset}/{method}: done earlier, skipped", flush=True)
+        return json.loads(out.read_text())
+    cmd = command(dataset, method)
+    printable = " ".join(c if " " not in c else repr(c) for c in cmd).replace(str(BIN) + "/", ".venv/bin/")
+    print(f"[paper] {dataset}/{method}: {printable}", flush=True)
+    start = time.time()
+    r = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"[paper] {dataset}/{method} failed (exit {r.returncode}); re-run to retry this cell.")
+    summary = json.loads(r.stdout)
+    from bench.run import wilson
+
+    n, acc = summary["n"], summary["accuracy_loglik"]
+    result = {"dataset": dataset, "method": method, "command": printable, "n_test": n, "accuracy": acc,
+              "ci95": wilson(round(acc * n), n), "wall_s": round(time.time() - start), "run_id": summary.get("run_id"),
+              "budget": BUDGET[dataset] or "full", "hardware": f"{platform.machine()}, {os.cpu_count()} cores"}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def table() -> str:
+    rows = ["| dataset | method | accuracy % [95% CI] | n test | train budget | wall | command |", "|---|---|---|---|---|---|---|"]
+    for f in sorted(RESULTS.glob("*.json")):
+        r = json.loads(f.read_text())
+        lo, hi = r["ci95"]
+        rows.append(f"| {r['dataset']} | {r['method']} | {100 * r['accuracy']:.1f} [{100 * lo:.1f}–{100 * hi:.1f}] | "
+                    f"{r['n_test']} | {r['budget']} | {r['wall_s'] // 60}m | `{r['command']}` |")
+    return "\n".join(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--datasets", default="obqa,arc,riddlesense")
+    ap.add_argument("--methods", default="all")
+    ap.add_argument("--table", action="store_true", help="Only print the table of finished cells.")
+    args = ap.parse_args()
+    if not args.table:
+        methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
+        for ds in args.datasets.split(","):
+            for m in methods:
+                run_cell(ds, m)
+    print(table())
+
+
+if __name__ == "__main__":
+    main()
