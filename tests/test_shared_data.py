@@ -64,3 +64,24 @@ def test_paper_rationales_cover_every_example(shared_data, name, folder, teacher
     gold = {ex.id: ex.answer for ex in ds.splits["test"]}
     agree = sum(r.stated_answer == gold[r.example_id] for r in flan) / len(flan)
     assert agree > 0.9
+
+
+def test_paper_obqa_rationales_through_files_teacher_and_filter(shared_data):
+    """The released OBQA rationales via the `files` teacher: FLAN-T5-xl passes the filter at >= 99%;
+    the LLaMA-2 ones almost never contradict the gold answer but often never state one (see README)."""
+    from distill.config import TeacherConfig
+    from distill.data import load_dataset
+    from distill.rationales import check_rationale
+    from distill.teachers import FilesTeacher
+
+    ds = load_dataset("tinyllm-obqa", shared_data / "obqa")
+    train = ds.split("train")
+    gold = {ex.id: ex for ex in train}
+    rates = {}
+    for source in ("flan-t5-xl", "llama-2-7b"):
+        texts, problems = FilesTeacher(TeacherConfig(name=source, backend="files", model=source)).lookup(ds.path, "train", train)
+        assert problems == [] and len(texts) == 4957
+        reasons = [check_rationale(t, gold[i])[2] for i, t in texts.items()]
+        rates[source] = (reasons.count(None) / len(reasons), reasons.count("contradicts the gold answer") / len(reasons))
+    assert rates["flan-t5-xl"][0] >= 0.99
+    assert rates["llama-2-7b"][1] < 0.01
