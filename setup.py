@@ -14,6 +14,8 @@ INSTALL_REQUIRES = [
     # Brings optimum 2.1 and onnxruntime; needs huggingface_hub <1.0.
     "optimum-onnx[onnxruntime]==0.1.0",
     "onnx",
+    # Weight-only int8 ONNX export (onnxruntime's MatMulNBits quantizer needs it).
+    "onnx-ir",
     "accelerate",
     "peft",
     # datasets 5.2 needs huggingface_hub >=1.31, which clashes with transformers 4.57.

@@ -105,10 +105,9 @@ def run(config, overrides, dry_run, resume, no_mlflow):
         click.echo(json.dumps(plan(cfg), indent=2))
         return
     from distill.pipeline import distill
-
-    summary = distill(cfg, resume=resume, track=not no_mlflow)
     from distill.tracking import is_main_process
 
+    summary = distill(cfg, resume=resume, track=not no_mlflow)
     if is_main_process():
         click.echo(json.dumps(summary, indent=2))
 

@@ -20,17 +20,23 @@ def export_onnx(student: Path, out: Path, quant: str = "none") -> dict:
 
     PromptFormat.load(student).save(out)  # how to ask the student travels with it
     if quant == "int8":
-        require("onnxruntime.quantization", "onnxruntime")
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        # Weight-only int8 (MatMulNBits, 8 bits, blocks of 32). onnxruntime's dynamic quantization also
+        # quantizes activations per tensor, which LLM activation outliers ruin (SmolLM2: top-1 0.61);
+        # weight-only keeps activations in fp32 (SmolLM2: top-1 0.975, KL 0.002).
+        require("onnx_ir", "onnx-ir")
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
         for f in sorted(out.glob("*.onnx")):
-            tmp = f.with_suffix(".int8.onnx")
-            quantize_dynamic(str(f), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
             data = f.with_suffix(".onnx_data")
+            big = f.stat().st_size + (data.stat().st_size if data.exists() else 0) > 1_800_000_000
+            q = MatMulNBitsQuantizer(onnx.load(str(f)), bits=8, block_size=32, is_symmetric=True,
+                                     algo_config=DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=8))
+            q.process()
             f.unlink()
             if data.exists():
                 data.unlink()
-            tmp.rename(f)
+            q.model.save_model_to_file(str(f), use_external_data_format=big)
     elif quant != "none":
         raise UserError(f"--quant {quant} is not an ONNX option; use none or int8.")
     return {"task": task, "files": sorted(p.name for p in out.glob("*.onnx"))}

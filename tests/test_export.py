@@ -132,3 +132,15 @@ def test_export_by_run_id_logs_to_that_run(tmp_path, tiny_bpe_student):
     assert "export.gguf-q8_0.top1_agreement" in run.data.metrics
     files = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"], "exports/gguf-q8_0")}
     assert {"exports/gguf-q8_0/student-q8_0.gguf", "exports/gguf-q8_0/parity.json"} <= files
+
+
+def test_onnx_int8_is_weight_only_and_close_to_torch(tiny_bpe_student, tmp_path):
+    r = export(str(tiny_bpe_student), "--format", "onnx", "--quant", "int8", "--out", str(tmp_path / "q"), "--no-mlflow",
+               cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "q" / "parity.json").read_text())
+    assert report["passed"] and report["top1_agreement"] >= 0.8
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / "model.onnx"), load_external_data=False).graph.node}
+    assert "MatMulNBits" in ops and "DynamicQuantizeLinear" not in ops  # weights int8, activations untouched
