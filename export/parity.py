@@ -11,11 +11,11 @@ import torch
 
 
 def _compare(ref: np.ndarray, got: np.ndarray) -> dict:
-    ref, got = ref.astype(np.float64), got.astype(np.float64)
-    lp_ref = ref - np.logaddexp.reduce(ref, axis=-1, keepdims=True)
-    lp_got = got - np.logaddexp.reduce(got, axis=-1, keepdims=True)
-    kl = (np.exp(lp_ref) * (lp_ref - lp_got)).sum(-1)
-    return {"max_abs_logit_diff": float(np.abs(ref - got).max()), "top1_agree": (ref.argmax(-1) == got.argmax(-1)).tolist(),
+    # torch's log_softmax: numpy's logaddexp.reduce over a 49k vocabulary is ~100x slower.
+    r, g = torch.from_numpy(np.ascontiguousarray(ref)).double(), torch.from_numpy(np.ascontiguousarray(got)).double()
+    lp_ref, lp_got = torch.log_softmax(r, -1), torch.log_softmax(g, -1)
+    kl = (lp_ref.exp() * (lp_ref - lp_got)).sum(-1)
+    return {"max_abs_logit_diff": float((r - g).abs().max()), "top1_agree": (r.argmax(-1) == g.argmax(-1)).tolist(),
             "kl": kl.tolist()}
 
 
