@@ -34,6 +34,22 @@ def test_gguf_f16_passes_parity_and_is_self_contained(tiny_bpe_student, tmp_path
     assert "predict:" in fields["tokenizer.chat_template"].contents()
     assert json.loads(fields["tinyllm.prompt_format"].contents())["answer_prefix"] == "predict:"
 
+    # It loads and generates in llama.cpp, greedily the same first tokens as torch.
+    import llama_cpp
+    import torch
+    import transformers
+
+    prompt = "predict: Q: What do plants need from sunlight?\nAnswer:"
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "g" / "student-f16.gguf"), n_ctx=256, verbose=False)
+    out = llm.create_completion(prompt, max_tokens=5, temperature=0.0)
+    llm.close()
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_bpe_student)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_bpe_student)
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out["choices"][0]["text"] and out["choices"][0]["text"] == tok.decode(ref[0, ids.shape[1]:])
+
 
 def test_gguf_quantized_thresholds_decide_and_failures_keep_files(tiny_bpe_student, tmp_path):
     # A random-init model's weights are all noise, which 4-bit quantization hurts far more than trained
@@ -69,6 +85,14 @@ def test_onnx_export_matches_torch(tiny_bpe_student, tmp_path):
     report = json.loads((tmp_path / "o" / "parity.json").read_text())
     assert report["passed"] and report["max_abs_logit_diff"] < 1e-2 and report["tokenizer_round_trip"]
     assert (tmp_path / "o" / "tokenizer.json").exists() and (tmp_path / "o" / "prompt_format.json").exists()
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "o")
+    ort = ORTModelForCausalLM.from_pretrained(tmp_path / "o")
+    ids = tok("predict: Q: Which is a star?\nAnswer:", return_tensors="pt")
+    generated = ort.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert generated.shape[1] > ids["input_ids"].shape[1]  # it loads and generates in onnxruntime
 
 
 def test_t5_student_exports_to_onnx_and_generates_like_torch(tmp_path):
