@@ -374,13 +374,16 @@ class Progress:
         eta = (self.total - self.n) / rate if rate else 0.0
         pct = 100.0 * self.n / self.total if self.total else 100.0
         return (f"[{self.task}] {self.n}/{self.total} ({pct:.0f}%) | {self.tokens / elapsed if elapsed else 0:.0f} tok/s"
-                f" | elapsed {_fmt(elapsed)} | eta {_fmt(eta)}")
+                f" | elapsed {format_duration(elapsed)} | eta {format_duration(eta)}")
 
     def done(self) -> None:
         if self.n != self.total or self.total == 0:
             self.log(self.line())
 
 
-def _fmt(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """`5s`, `2m05s`, `1h07m`: how every progress line in TinyLLM states elapsed time and ETA."""
     seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from distill.data import Example
 from distill.errors import UserError
 from distill.prompts import render_question
+from distill.rationales import format_duration
 
 PROMPT_FORMAT_FILE = "prompt_format.json"
 
@@ -339,11 +340,6 @@ def _tuples(x):
 # The loop.
 
 
-def _fmt_eta(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict[str, str]],
                   eval_examples: list[Example], run, resume: bool = False, log=print) -> dict:
     """Train the student on the answer task plus one rationale task per teacher; save it; evaluate it.
@@ -450,7 +446,7 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
             lr = scheduler.get_last_lr()[0]
             parts = " ".join(f"{t} {v:.3f}" for t, v in terms.items())
             log(f"step {done:05d}/{total:05d} ({100 * done / total:.1f}%) | loss {loss:.4f} ({parts}) | lr {lr:.2e} | "
-                f"{tps:.0f} tok/s | eta {_fmt_eta(rate * (total - done))}")
+                f"{tps:.0f} tok/s | eta {format_duration(rate * (total - done))}")
             run.log_metrics({"loss": loss, **{f"loss_{t}": v for t, v in terms.items()}, "lr": lr,
                              "tokens_per_s": tps, "epoch": step / steps_per_epoch}, step=done)
         history.append({"step": done, "loss": loss, **{f"loss_{t}": v for t, v in terms.items()}})
