@@ -40,7 +40,8 @@ METHODS = {
 
 def command(dataset: str, method: str) -> list[str]:
     cfg = f"configs/paper/{dataset}.yaml"
-    common = ["student.model=smollm2-135m-instruct", "student.architecture=auto", "train.eval_method=loglik",
+    common = ["student.model=smollm2-135m-instruct", "student.architecture=auto", "student.task_position=after",
+              "train.eval_method=loglik",
               "data.eval_split=test", "train.batch_size=8", f"output_dir=runs/paper/{dataset}/{method}",
               f"tracking.tags.method_cell={method}", "tracking.tags.student=smollm2-135m-instruct",
               f"tracking.tags.budget={BUDGET[dataset] or 'full'}"]

@@ -7,7 +7,10 @@ paper's split and released FLAN-T5-xl + LLaMA-2 rationales, from ../shared/data)
 minimising the same loss L = L_answer + 1.0·L_flan + 1.0·L_llama (each term a mean over its target
 tokens). The baseline does what the paper's code does: per batch, three padded forward passes (one
 per task), full-vocabulary logits at every position, through `transformers.Trainer`. TinyLLM runs
-all tasks of a step in length-sorted micro-batches and projects only target positions.
+all tasks of a step in length-sorted micro-batches and projects only target positions; by default it
+also packs each question's tasks into one row so their shared prompt tokens are computed once
+(`tinyllm-noshare` is the same trainer with `train.share_prompt=false`). All three see the same
+prompts (`--task-position`, default `after`, the trainer's default for decoder-only students).
 Each implementation runs in its own process, so peak resident memory (ru_maxrss) is its own.
 Throughput = non-padding tokens of the steps / wall seconds of the steps (model loading excluded).
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+IMPLS = ["tinyllm", "tinyllm-noshare", "hf"]
 sys.path.insert(0, str(REPO))
 
 
@@ -41,7 +45,7 @@ def setup(args):
     rationales = {t: {r.example_id: r.text for r in recs} for t, recs in paper.records.items()}
     torch.manual_seed(0)
     model, tok, _ = load_student(StudentConfig(model="smollm2-135m-instruct"))
-    per_q = build_samples(train, rationales, tok, PromptFormat(), False, args.max_length)
+    per_q = build_samples(train, rationales, tok, PromptFormat(task_position=args.task_position), False, args.max_length)
     return model, tok, per_q
 
 
@@ -64,7 +68,7 @@ def run_tinyllm(args) -> dict:
         samples = [s for q in step for s in q]
         opt.zero_grad(set_to_none=True)
         terms = step_loss_terms(model, samples, tok.pad_token_id, alphas, args.micro_batch_tokens,
-                                backward=lambda loss: loss.backward())
+                                backward=lambda loss: loss.backward(), share_prompt=args.impl == "tinyllm")
         opt.step()
         tokens += sum(len(s.input_ids) for s in samples)
         losses.append(sum(terms.values()))
@@ -120,7 +124,8 @@ def run_hf(args) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--impl", choices=["tinyllm", "hf"])
+    ap.add_argument("--impl", choices=IMPLS)
+    ap.add_argument("--task-position", choices=["before", "after"], default="after")
     ap.add_argument("--questions", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=384)
@@ -132,21 +137,21 @@ def main():
     args.tmp = Path("/tmp/tinyllm-bench")
     torch.set_num_threads(os.cpu_count())
     if args.impl:
-        res = run_tinyllm(args) if args.impl == "tinyllm" else run_hf(args)
+        res = run_hf(args) if args.impl == "hf" else run_tinyllm(args)
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return
     results = {}
-    for impl in ("tinyllm", "hf"):
+    for impl in IMPLS:
         cmd = [sys.executable, __file__, "--impl", impl] + [a for a in sys.argv[1:]]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
         results[impl] = r
-        print(f"{impl:8s} {r['tokens_per_s']:7.1f} tok/s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
+        print(f"{impl:16s} {r['tokens_per_s']:7.1f} tok/s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
               f"losses {', '.join(f'{x:.3f}' for x in r['losses'])}", flush=True)
     speedup = results["tinyllm"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
-    print(f"speed-up {speedup:.2f}x")
+    print(f"speed-up {speedup:.2f}x (without sharing: {results['tinyllm-noshare']['tokens_per_s'] / results['hf']['tokens_per_s']:.2f}x)")
     report = {"command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
               "hardware": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
               "speedup": speedup, "results": results}

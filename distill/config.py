@@ -93,6 +93,10 @@ class StudentConfig:
     lora_alpha: int = 32
     answer_prefix: str = "predict:"
     rationale_prefix: str = "explain_{teacher}:"
+    task_position: Literal["auto", "before", "after"] = "auto"
+    """Where the task prefix goes: 'before' the question (the paper's T5 layout) or 'after' it, so a
+    decoder-only student computes a question's shared tokens once for all its tasks. auto = after
+    for decoder-only students, before for encoder-decoder ones."""
     trust_remote_code: bool = False
 
 
@@ -108,6 +112,9 @@ class TrainConfig:
     micro_batch_tokens: int = 1024
     """Padded tokens per forward pass (all tasks of a step share them, length-sorted); lower it if
     you run out of memory: the loss is the same, only the number of passes grows."""
+    share_prompt: bool = True
+    """Decoder-only students: pack each question's tasks into one row so the prompt tokens they
+    share are computed once (same loss and gradients as separate rows, fewer tokens)."""
     max_length: int = 512
     """Tokens per sequence; longer inputs are cut from the left of the question."""
     warmup_ratio: float = 0.0

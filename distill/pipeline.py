@@ -122,7 +122,7 @@ def register_student(run, name: str) -> None:
 def evaluate_model(cfg: Config, split: str, track: bool = True) -> dict:
     """`tinyllm-distill eval`: accuracy of cfg.student.model on a split, with no training."""
     from distill.tracking import mlflow_run
-    from distill.train import PromptFormat, evaluate, load_student
+    from distill.train import PromptFormat, evaluate, load_student, prompt_format
 
     ds = load_dataset(cfg.data.name, cfg.data.path)
     examples = ds.split(split)
@@ -131,7 +131,7 @@ def evaluate_model(cfg: Config, split: str, track: bool = True) -> dict:
         examples = examples[:cap]
     model, tok, identity = load_student(cfg.student)
     folder = Path(cfg.student.model)
-    fmt = PromptFormat.load(folder) if folder.is_dir() else PromptFormat(cfg.student.answer_prefix, cfg.student.rationale_prefix)
+    fmt = PromptFormat.load(folder) if (folder / "prompt_format.json").exists() else prompt_format(cfg.student, model)
     with mlflow_run(cfg, "eval", run_name=f"eval-{ds.name}", enabled=track,
                     tags={"tinyllm.dataset": ds.name, "tinyllm.student": cfg.student.model, "tinyllm.method": "zero-shot"
                           if not folder.is_dir() else "trained"}) as run:

@@ -4,6 +4,12 @@ L = L_answer + Σ_m α_m · L_rationale_m. Each task's loss is the mean cross-en
 task's target tokens in the optimizer step; prompt tokens contribute nothing. All tasks of a step
 go through the model together in length-sorted micro-batches (one forward per micro-batch, not one
 padded forward per task), and the vocabulary projection runs only on target positions.
+
+Decoder-only students also share the question: a question's tasks are packed into one row — the
+tokens their prompts have in common once, then each task's own tokens — with an attention mask that
+lets each task see the shared part and itself only, and positions that restart after the shared
+part. That is exactly the separate forwards' computation on fewer tokens. It pays when the task
+prefix comes after the question (`task_position: after`, the default for decoder-only students).
 """
 from __future__ import annotations
 
@@ -37,20 +43,33 @@ PROMPT_FORMAT_FILE = "prompt_format.json"
 class PromptFormat:
     answer_prefix: str = "predict:"
     rationale_prefix: str = "explain_{teacher}:"
+    task_position: str = "before"
+    """'before': "predict: Q: …\nAnswer:" (the paper's T5 layout). 'after': "Q: …\npredict: Answer:",
+    so a question's tasks share their leading tokens (see the module docstring)."""
+
+    def wrap(self, prefix: str, cue: str) -> tuple[str, str]:
+        """(text before, text after) the question block for a task with this prefix and cue."""
+        if self.task_position == "after":
+            return "", f"\n{prefix} {cue}"
+        return f"{prefix} ", f"\n{cue}"
 
     def answer_prompt(self, ex: Example) -> str:
-        return f"{self.answer_prefix} {render_question(ex)}\nAnswer:"
+        head, tail = self.wrap(self.answer_prefix, "Answer:")
+        return head + render_question(ex) + tail
 
     def rationale_prompt(self, ex: Example, teacher: str) -> str:
-        return f"{self.rationale_prefix.format(teacher=teacher)} {render_question(ex)}\nExplanation:"
+        head, tail = self.wrap(self.rationale_prefix.format(teacher=teacher), "Explanation:")
+        return head + render_question(ex) + tail
 
     @staticmethod
     def answer_target(ex: Example) -> str:
         return f" {ex.answer_text}"
 
     def save(self, folder: Path) -> None:
+        head, tail = self.wrap(self.answer_prefix, "Answer:")
         doc = {"answer_prefix": self.answer_prefix, "rationale_prefix": self.rationale_prefix,
-               "answer_template": self.answer_prefix + " Q: {question}\nAnswer Choices:\n(a) {choice_a}\n(b) {choice_b}\n…\nAnswer:",
+               "task_position": self.task_position,
+               "answer_template": head + "Q: {question}\nAnswer Choices:\n(a) {choice_a}\n(b) {choice_b}\n…" + tail,
                "note": "The student answers with the text of the chosen option after 'Answer:'."}
         (Path(folder) / PROMPT_FORMAT_FILE).write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -60,7 +79,7 @@ class PromptFormat:
         if not f.exists():
             return cls()
         doc = json.loads(f.read_text())
-        return cls(doc["answer_prefix"], doc["rationale_prefix"])
+        return cls(doc["answer_prefix"], doc["rationale_prefix"], doc.get("task_position", "before"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,6 +122,14 @@ def load_student(scfg, dtype=None):
     return model, tok, identity
 
 
+def prompt_format(scfg, model) -> PromptFormat:
+    """The student's prompt format from its config (task_position 'auto' resolved for this model)."""
+    position = scfg.task_position
+    if position == "auto":
+        position = "before" if is_seq2seq(model) else "after"
+    return PromptFormat(scfg.answer_prefix, scfg.rationale_prefix, position)
+
+
 # ---------------------------------------------------------------------------------------------
 # Samples: one (input, target) per task per question.
 
@@ -114,6 +141,8 @@ class Sample:
     input_ids: list[int]
     labels: list[int]
     """Decoder-only: same length as input_ids, -100 on prompt tokens. Seq2seq: the target ids."""
+    group: int = -1
+    """The question it belongs to (samples of one question may share their common prompt tokens)."""
 
 
 def encode(tok, prompt: str, target: str, task: str, seq2seq: bool, max_length: int) -> Sample:
@@ -134,26 +163,32 @@ def build_samples(examples: list[Example], rationales: dict[str, dict[str, str]]
                   seq2seq: bool, max_length: int) -> list[list[Sample]]:
     """Per question: its answer sample, then one rationale sample per teacher that has one."""
     out = []
-    for ex in examples:
+    for q, ex in enumerate(examples):
         per = [encode(tok, fmt.answer_prompt(ex), fmt.answer_target(ex), "answer", seq2seq, max_length)]
         for teacher, texts in rationales.items():
             if ex.id in texts:
                 per.append(encode(tok, fmt.rationale_prompt(ex, teacher), " " + texts[ex.id], teacher, seq2seq, max_length))
+        for smp in per:
+            smp.group = q
         out.append(per)
     return out
 
 
-def micro_batches(samples: list[Sample], max_tokens: int) -> list[list[Sample]]:
+def _sample_size(s: Sample) -> int:
+    return len(s.input_ids) + (len(s.labels) if len(s.labels) != len(s.input_ids) else 0)
+
+
+def micro_batches(samples: list, max_tokens: int, size=_sample_size) -> list[list]:
     """Length-sorted groups whose padded size (rows x longest) stays within max_tokens."""
-    ordered = sorted(samples, key=lambda s: len(s.input_ids) + len(s.labels), reverse=True)
+    ordered = sorted(samples, key=size, reverse=True)
     batches, cur, longest = [], [], 0
     for s in ordered:
-        size = len(s.input_ids) + (len(s.labels) if len(s.labels) != len(s.input_ids) else 0)
-        if cur and max(longest, size) * (len(cur) + 1) > max_tokens:
+        size_s = size(s)
+        if cur and max(longest, size_s) * (len(cur) + 1) > max_tokens:
             batches.append(cur)
             cur, longest = [], 0
         cur.append(s)
-        longest = max(longest, size)
+        longest = max(longest, size_s)
     if cur:
         batches.append(cur)
     return batches
@@ -193,22 +228,125 @@ def token_losses(model, batch: list[Sample], pad_id: int) -> tuple[torch.Tensor,
     return sums, mask.sum(dim=1)
 
 
+# ---------------------------------------------------------------------------------------------
+# Shared prompts: one row per question, its tasks' common prompt tokens computed once.
+
+
+@dataclass
+class Pack:
+    samples: list[Sample]
+    ids: list[int]
+    positions: list[int]
+    segments: list[int]
+    """-1 on the shared tokens, i on sample i's own tokens."""
+    targets: list[tuple[int, int, int]]
+    """(row position whose output predicts the token, token id, sample index)."""
+
+
+def shared_length(group: list[Sample]) -> int:
+    """How many leading prompt tokens every sample of the group has in common (never a target)."""
+    if len(group) < 2:
+        return 0
+    first = min(next((i for i, x in enumerate(s.labels) if x != -100), len(s.labels)) for s in group)
+    ref, c = group[0].input_ids, 0
+    while c < first and all(len(s.input_ids) > c and s.input_ids[c] == ref[c] for s in group[1:]):
+        c += 1
+    return c
+
+
+def pack(group: list[Sample]) -> Pack:
+    c = shared_length(group)
+    ids, positions, segments, targets = list(group[0].input_ids[:c]), list(range(c)), [-1] * c, []
+    for i, s in enumerate(group):
+        start = len(ids)
+        rest = s.input_ids[c:]
+        ids += rest
+        positions += range(c, c + len(rest))
+        segments += [i] * len(rest)
+        for j, label in enumerate(s.labels[c:]):
+            if label != -100 and c + j > 0:  # the very first token has nothing before it to predict it
+                targets.append((start + j - 1 if j > 0 else c - 1, label, i))
+    return Pack(group, ids, positions, segments, targets)
+
+
+def packs_for(samples: list[Sample]) -> list[Pack]:
+    """One pack per question (samples without a question get their own)."""
+    groups: dict[int, list[Sample]] = {}
+    for k, s in enumerate(samples):
+        groups.setdefault(s.group if s.group >= 0 else -1 - k, []).append(s)
+    return [pack(g) for g in groups.values()]
+
+
+def can_share(model) -> bool:
+    """Decoder-only students whose attention takes an arbitrary 4D mask (sdpa, eager)."""
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    return not is_seq2seq(model) and impl in ("sdpa", "eager")
+
+
+def packed_token_losses(model, packs: list[Pack], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """token_losses for packed questions: per sample (sum of target cross-entropy, target count),
+    samples in pack order."""
+    device = next(model.parameters()).device
+    n = max(len(p.ids) for p in packs)
+    ids = torch.tensor([p.ids + [pad_id] * (n - len(p.ids)) for p in packs], device=device)
+    pos = torch.tensor([p.positions + [0] * (n - len(p.ids)) for p in packs], device=device)
+    seg = torch.tensor([p.segments + [-2] * (n - len(p.ids)) for p in packs], device=device)
+    causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    # Query q sees key k <= q when k is shared or in q's own segment; padding sees only itself.
+    allowed = causal & ((seg[:, None, :] == -1) | (seg[:, None, :] == seg[:, :, None]))
+    allowed |= torch.eye(n, dtype=torch.bool, device=device)
+    mask = allowed[:, None]
+    if (getattr(model.config, "_attn_implementation", None) or "eager") != "sdpa":
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+    offsets, rows, src, labels, owner = [], [], [], [], []
+    for b, p in enumerate(packs):
+        base = sum(len(q.samples) for q in packs[:b])
+        for at, label, i in p.targets:
+            rows.append(b)
+            src.append(at)
+            labels.append(label)
+            owner.append(base + i)
+    logits = model.get_output_embeddings()(hidden[torch.tensor(rows, device=device), torch.tensor(src, device=device)])
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    losses = F.cross_entropy(logits.float(), torch.tensor(labels, device=device), reduction="none")
+    total = sum(len(p.samples) for p in packs)
+    owner_t = torch.tensor(owner, device=device, dtype=torch.long)
+    sums = torch.zeros(total, device=device, dtype=losses.dtype).index_add(0, owner_t, losses)
+    counts = torch.zeros(total, device=device, dtype=torch.long).index_add(0, owner_t, torch.ones_like(owner_t))
+    return sums, counts
+
+
+def _pack_size(p: Pack) -> int:
+    return len(p.ids)
+
+
 def step_loss_terms(model, samples: list[Sample], pad_id: int, alphas: dict[str, float], max_tokens: int,
-                    token_totals: dict[str, int] | None = None, scale: float = 1.0, backward=None) -> dict[str, float]:
+                    token_totals: dict[str, int] | None = None, scale: float = 1.0, backward=None,
+                    share_prompt: bool = True) -> dict[str, float]:
     """Run one optimizer step's samples; return each task's mean token loss (for logging).
 
     The objective is Σ_t α_t · (Σ target-token loss of task t) / N_t with N_t the task's target
     tokens in the step (`token_totals`, summed across processes when distributed). Each micro-batch
     backpropagates its share at once, so memory holds one micro-batch of activations at a time.
+    With `share_prompt` (decoder-only students), a question's tasks are packed into one row.
     """
     totals = token_totals or count_targets(samples)
     sums = {t: 0.0 for t in totals}
-    for mb in micro_batches(samples, max_tokens):
-        loss_sums, _ = token_losses(model, mb, pad_id)
-        objective = sum(alphas[s.task] / totals[s.task] * loss_sums[i] for i, s in enumerate(mb)) * scale
+    if share_prompt and can_share(model):
+        batches = [(mb, [s for p in mb for s in p.samples])
+                   for mb in micro_batches(packs_for(samples), max_tokens, size=_pack_size)]
+    else:
+        batches = [(mb, mb) for mb in micro_batches(samples, max_tokens)]
+    for mb, flat in batches:
+        loss_sums, _ = (token_losses if flat is mb else packed_token_losses)(model, mb, pad_id)
+        objective = sum(alphas[s.task] / totals[s.task] * loss_sums[i] for i, s in enumerate(flat)) * scale
         if backward is not None:
             backward(objective)
-        for i, s in enumerate(mb):
+        for i, s in enumerate(flat):
             sums[s.task] += float(loss_sums[i].detach())
     return {t: sums[t] / totals[t] for t in totals if totals[t]}
 
@@ -251,7 +389,11 @@ def option_scores(model, tok, fmt: PromptFormat, ex: Example) -> list[float]:
     samples = [encode(tok, fmt.answer_prompt(ex), " " + c, "answer", seq2seq, 4096) for c in ex.choices]
     for s in samples:  # score the option text only, not the end-of-sequence token
         s.labels = s.labels[:-1] if seq2seq else s.labels[:-1] + [-100]
-    sums, counts = token_losses(model, samples, tok.pad_token_id)
+        s.group = 0
+    if can_share(model):  # the options share the prompt: compute it once
+        sums, counts = packed_token_losses(model, [pack(samples)], tok.pad_token_id)
+    else:
+        sums, counts = token_losses(model, samples, tok.pad_token_id)
     return [-(float(a) / max(1, int(b))) for a, b in zip(sums, counts)]
 
 
@@ -365,7 +507,7 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    fmt = PromptFormat(cfg.student.answer_prefix, cfg.student.rationale_prefix)
+    fmt = prompt_format(cfg.student, model)
     samples = build_samples(train_examples, rationales, tok, fmt, is_seq2seq(model), tc.max_length)
     alphas = {"answer": 1.0, **{t.name: t.alpha for t in cfg.teachers}}
     tasks = ["answer"] + [t.name for t in cfg.teachers]
@@ -415,7 +557,8 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
         optimizer.zero_grad(set_to_none=True)
         with acc.autocast():
             terms = step_loss_terms(model, step_samples, tok.pad_token_id, alphas, tc.micro_batch_tokens,
-                                    token_totals=totals, backward=lambda loss: loss.backward())
+                                    token_totals=totals, backward=lambda loss: loss.backward(),
+                                    share_prompt=tc.share_prompt)
         terms_t = torch.tensor([terms.get(t, 0.0) for t in tasks])
         if world > 1:
             dist.all_reduce(terms_t)

@@ -34,11 +34,14 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def chat_template(fmt: dict) -> str:
+def chat_template(student: Path) -> str:
     """A Jinja chat template that asks the student its way: the user turn is the rendered question."""
-    prefix = json.dumps(fmt["answer_prefix"] + " ")
-    return ("{{ " + prefix + " }}{% for message in messages %}{% if message['role'] == 'user' %}"
-            "{{ message['content'] }}{% endif %}{% endfor %}{{ '\\nAnswer:' }}")
+    from distill.train import PromptFormat
+
+    fmt = PromptFormat.load(student)
+    head, tail = (json.dumps(x) for x in fmt.wrap(fmt.answer_prefix, "Answer:"))
+    return ("{{ " + head + " }}{% for message in messages %}{% if message['role'] == 'user' %}"
+            "{{ message['content'] }}{% endif %}{% endfor %}{{ " + tail + " }}")
 
 
 def _pre_tokenizer(student: Path, tok_cfg: dict, hf_cfg: dict) -> str:
@@ -120,7 +123,7 @@ def write_f16(student: Path, out_file: Path) -> dict:
         if name in ids:
             adder(ids[name])
     w.add_add_bos_token(_adds_bos(tok_json, tok_cfg))
-    w.add_chat_template(chat_template(fmt))
+    w.add_chat_template(chat_template(student))
     w.add_string("tinyllm.prompt_format", json.dumps(fmt))
 
     # Tensors.

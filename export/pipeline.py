@@ -192,10 +192,12 @@ def log_to_source_run(cfg: Config, run_id: str, out: Path, fmt: str, quant: str,
 
 
 def device_readme(fmt: str, quant: str, out: Path, info: dict, report: dict, student: Path) -> str:
-    pf = json.loads((student / "prompt_format.json").read_text()) if (student / "prompt_format.json").exists() else {
-        "answer_prefix": "predict:"}
-    prompt = (f"{pf['answer_prefix']} Q: Which gas do plants take in to make food?\nAnswer Choices:\n(a) oxygen\n"
-              "(b) carbon dioxide\n(c) helium\nAnswer:")
+    from distill.train import PromptFormat
+
+    pf = PromptFormat.load(student)
+    head, tail = pf.wrap(pf.answer_prefix, "Answer:")
+    question = "Q: Which gas do plants take in to make food?\nAnswer Choices:\n(a) oxygen\n(b) carbon dioxide\n(c) helium"
+    prompt = head + question + tail
     lines = [f"# TinyLLM student — {fmt.upper()} ({quant})", "",
              "Exported by `tinyllm-export`; nothing from TinyLLM is needed to run it.", "",
              "## Prompt format", "", "The student answers multiple-choice questions asked like this, and replies with",
@@ -206,7 +208,7 @@ def device_readme(fmt: str, quant: str, out: Path, info: dict, report: dict, stu
                   f"llama-server -m {info['file']} --host 127.0.0.1 --port 8080 --jinja   # chat template = the prompt format",
                   "```", "",
                   "With `llama-server --jinja`, send the question block (`Q: …\\nAnswer Choices:\\n(a) …`) as the user",
-                  "message; the embedded chat template adds the prefix and `Answer:`."]
+                  "message; the embedded chat template adds the task prefix and `Answer:`."]
     else:
         lines += ["## Run with onnxruntime", "", "```python", "from optimum.onnxruntime import ORTModelForCausalLM",
                   "from transformers import AutoTokenizer", "tok = AutoTokenizer.from_pretrained('.')",

@@ -28,12 +28,12 @@ def rationale_texts(exs, teacher):
     return {ex.id: f"Because {ex.answer_text} fits {teacher}. So the answer is ({ex.answer_letter})." for ex in exs}
 
 
-@pytest.fixture
-def batch(tiny_student):
+@pytest.fixture(params=["before", "after"])
+def batch(tiny_student, request):
     tok = transformers.AutoTokenizer.from_pretrained(tiny_student)
     exs = load_dataset("demo").splits["train"][:5]
     rats = {"a": rationale_texts(exs, "a"), "b": rationale_texts(exs[:3], "b")}  # b has rationales for 3 questions only
-    per_q = build_samples(exs, rats, tok, PromptFormat(), seq2seq=False, max_length=256)
+    per_q = build_samples(exs, rats, tok, PromptFormat(task_position=request.param), seq2seq=False, max_length=256)
     return tok, [s for q in per_q for s in q]
 
 
@@ -50,14 +50,16 @@ def reference_loss(model, samples, alphas, pad_id):
     return total
 
 
-def test_golden_loss_decoder(tiny_student, batch):
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("share", [True, False])
+def test_golden_loss_decoder(tiny_student, batch, share, attn):
     tok, samples = batch
-    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_student)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_student, attn_implementation=attn)
     alphas = {"answer": 1.0, "a": 0.5, "b": 2.0}
     objective = []
     with torch.no_grad():
         terms = step_loss_terms(model, samples, tok.pad_token_id, alphas, max_tokens=10_000,
-                                backward=lambda loss: objective.append(float(loss)))
+                                backward=lambda loss: objective.append(float(loss)), share_prompt=share)
     ref = reference_loss(model, samples, alphas, tok.pad_token_id)
     assert sum(objective) == pytest.approx(ref, rel=1e-5)
     assert sum(alphas[t] * v for t, v in terms.items()) == pytest.approx(ref, rel=1e-5)
@@ -106,6 +108,67 @@ def test_micro_batching_changes_passes_not_gradients(tiny_student, batch):
         grads.append((passes, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
     assert grads[0][0] == 1 and grads[1][0] > 2
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+
+
+def test_shared_prompt_same_gradients_fewer_tokens(tiny_student, batch):
+    """Packing a question's tasks into one row computes the same objective and gradients as
+    separate rows; with the task prefix after the question, the row is much shorter."""
+    from distill.train import packs_for, shared_length
+
+    tok, samples = batch
+    alphas = {"answer": 1.0, "a": 1.0, "b": 0.5}
+    grads, losses = [], []
+    for share in (False, True):
+        model = transformers.AutoModelForCausalLM.from_pretrained(tiny_student)
+        losses.append(step_loss_terms(model, samples, tok.pad_token_id, alphas, 10_000,
+                                      backward=lambda loss: loss.backward(), share_prompt=share))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    packs = packs_for(samples)
+    assert len(packs) == 5 and sum(len(p.samples) for p in packs) == len(samples)
+    flat, packed = sum(len(s.input_ids) for s in samples), sum(len(p.ids) for p in packs)
+    if tok.convert_tokens_to_ids("predict") in samples[0].input_ids[:2]:  # task prefix first: only BOS-like tokens shared
+        assert packed > 0.9 * flat
+    else:  # question first: shared, so a question of three tasks costs well under three prompts
+        assert packed < 0.75 * flat
+        assert all(shared_length(p.samples) > 20 for p in packs)
+
+
+def test_shared_prompt_never_shares_targets(tiny_student):
+    """If one task's prompt is a prefix of another's (a target starts where the other's prompt goes on),
+    the shared part stops before the first target token."""
+    from distill.train import Sample, pack, shared_length
+
+    a = Sample("answer", [1, 2, 3, 4, 5], [-100, -100, -100, 4, 5], group=0)
+    b = Sample("x", [1, 2, 3, 4, 9, 9, 7], [-100, -100, -100, -100, -100, -100, 7], group=0)
+    assert shared_length([a, b]) == 3
+    p = pack([a, b])
+    assert p.ids == [1, 2, 3, 4, 5, 4, 9, 9, 7] and p.positions == [0, 1, 2, 3, 4, 3, 4, 5, 6]
+    # a's targets 4 and 5 are predicted by positions 2 (shared) and 3; b's 7 by its own token before it.
+    assert p.targets == [(2, 4, 0), (3, 5, 0), (7, 7, 1)]
+
+
+def test_option_scores_shared_equal_separate(tiny_student, tmp_path, monkeypatch):
+    """Option log-likelihoods computed with the prompt shared equal one row per option; the format
+    (with its task position) travels with the student."""
+    from distill.prompts import render_question
+    from distill.train import option_scores
+
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_student)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_student).eval()
+    ex = load_dataset("demo").splits["test"][0]
+    fmt = PromptFormat(task_position="after")
+    assert fmt.answer_prompt(ex) == render_question(ex) + "\npredict: Answer:"
+    shared = option_scores(model, tok, fmt, ex)
+    import distill.train
+
+    monkeypatch.setattr(distill.train, "can_share", lambda model: False)  # as for attention without 4D masks
+    separate = option_scores(model, tok, fmt, ex)
+    assert shared == pytest.approx(separate, abs=1e-5)
+    fmt.save(tmp_path)
+    assert PromptFormat.load(tmp_path) == fmt
+    assert PromptFormat.load(tmp_path / "none") == PromptFormat()  # students saved before the field: prefix first
 
 
 def test_micro_batches_respect_budget_and_sort_by_length(batch):
