@@ -74,7 +74,7 @@ def distill(cfg: Config, resume: bool = False, track: bool = True) -> dict:
             "tinyllm.method": "answer-only" if not cfg.teachers else "step-by-step" if len(cfg.teachers) == 1 else "tinyllm"}
     with mlflow_run(cfg, "distill", run_name=f"distill-{ds.name}", tags=tags, enabled=track) as run:
         run.log_params({"data.fingerprint.train": ds.fingerprint(cfg.data.train_split), "data.n_train": len(train),
-                        "data.n_eval": len(evals), "teachers": ",".join(t.name for t in cfg.teachers) or "none"})
+                        "data.n_eval": len(evals), "teacher_names": ",".join(t.name for t in cfg.teachers) or "none"})
         rationales: dict[str, dict[str, str]] = {}
         if cfg.teachers:
             # Rank 0 talks to the teachers; the other ranks read the rationales it settled on.

@@ -244,6 +244,18 @@ def test_tracked_run_logs_terms_saves_student_and_changes_weights(tmp_path, tiny
     assert [m.step for m in history] == [1, 2, 4, 6]
 
 
+def test_answer_only_run_is_tracked(tmp_path, tiny_student):
+    """No teachers = answer-only fine-tuning (the paper's baseline), tracked like any run."""
+    import mlflow
+
+    cfg = write_run_config(tmp_path, tiny_student, teachers=(), max_steps=2)
+    run_cli("run", str(cfg), cwd=tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["test"], output_format="list")
+    assert run.info.status == "FINISHED" and run.data.params["teacher_names"] == "none"
+    assert "loss_answer" in run.data.metrics and not any(k.startswith("loss_a") and k != "loss_answer" for k in run.data.metrics)
+
+
 def test_failed_run_ends_failed_not_running(tmp_path, tiny_student):
     import mlflow
 
