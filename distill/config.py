@@ -121,6 +121,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     gradient_checkpointing: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision of the forward/backward (weights and optimizer stay fp32); fp16 adds a
+    gradient scaler. bf16 is the choice on recent GPUs and also runs on CPUs."""
+    sharding: Literal["none", "fsdp"] = "none"
+    """none: every process holds the whole student (data parallel). fsdp: parameters, gradients and
+    optimizer state are sharded across processes (torch FSDP2) for students too big for one device;
+    launch with torchrun/accelerate, full fine-tuning only."""
     max_grad_norm: float = 1.0
     log_every: int = 10
     eval_every: int = 0

@@ -199,6 +199,28 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([r + [value] * (n - len(r)) for r in rows], dtype=torch.long)
 
 
+class TargetLogits(torch.nn.Module):
+    """A decoder-only student's logits at chosen (row, position) pairs only: the vocabulary projection
+    never runs on prompt or padding positions. A module so that FSDP can make it the root that holds
+    the embeddings, final norm and LM head."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, rows, cols):
+        hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                          position_ids=position_ids).last_hidden_state
+        logits = self.model.get_output_embeddings()(hidden[rows, cols])
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def target_logits(model, input_ids, attention_mask, position_ids, rows, cols):
+    scorer = getattr(model, "_tinyllm_root", None) or TargetLogits(model)
+    return scorer(input_ids, attention_mask, position_ids, rows, cols)
+
+
 def token_losses(model, batch: list[Sample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample: (sum of target-token cross-entropy, number of target tokens)."""
     device = next(model.parameters()).device
@@ -214,14 +236,11 @@ def token_losses(model, batch: list[Sample], pad_id: int) -> tuple[torch.Tensor,
         ids = _pad([s.input_ids for s in batch], pad_id).to(device)
         attn = _pad([[1] * len(s.input_ids) for s in batch], 0).to(device)
         labels = _pad([s.labels for s in batch], -100).to(device)
-        hidden = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
         # Position i predicts token i+1; project only the positions whose next token is a target.
         targets = labels[:, 1:]
         mask = targets != -100
-        logits = model.get_output_embeddings()(hidden[:, :-1][mask])
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        rows, cols = mask.nonzero(as_tuple=True)
+        logits = target_logits(model, ids, attn, None, rows, cols)
         losses = F.cross_entropy(logits.float(), targets[mask], reduction="none")
     rows = mask.nonzero()[:, 0]
     sums = torch.zeros(len(batch), device=device, dtype=losses.dtype).index_add(0, rows, losses)
@@ -299,8 +318,7 @@ def packed_token_losses(model, packs: list[Pack], pad_id: int) -> tuple[torch.Te
     if (getattr(model.config, "_attn_implementation", None) or "eager") != "sdpa":
         dtype = next(model.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
-    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
-    offsets, rows, src, labels, owner = [], [], [], [], []
+    rows, src, labels, owner = [], [], [], []
     for b, p in enumerate(packs):
         base = sum(len(q.samples) for q in packs[:b])
         for at, label, i in p.targets:
@@ -308,10 +326,8 @@ def packed_token_losses(model, packs: list[Pack], pad_id: int) -> tuple[torch.Te
             src.append(at)
             labels.append(label)
             owner.append(base + i)
-    logits = model.get_output_embeddings()(hidden[torch.tensor(rows, device=device), torch.tensor(src, device=device)])
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+    logits = target_logits(model, ids, mask, pos, torch.tensor(rows, device=device, dtype=torch.long),
+                           torch.tensor(src, device=device, dtype=torch.long))
     losses = F.cross_entropy(logits.float(), torch.tensor(labels, device=device), reduction="none")
     total = sum(len(p.samples) for p in packs)
     owner_t = torch.tensor(owner, device=device, dtype=torch.long)
@@ -324,30 +340,42 @@ def _pack_size(p: Pack) -> int:
     return len(p.ids)
 
 
+def micro_batch_plan(model, samples: list[Sample], max_tokens: int, share_prompt: bool = True) -> list[tuple[list, list[Sample]]]:
+    """The forward passes of one step: (micro-batch of samples or packs, its samples in order)."""
+    if share_prompt and can_share(model):
+        return [(mb, [s for p in mb for s in p.samples])
+                for mb in micro_batches(packs_for(samples), max_tokens, size=_pack_size)]
+    return [(mb, mb) for mb in micro_batches(samples, max_tokens)]
+
+
 def step_loss_terms(model, samples: list[Sample], pad_id: int, alphas: dict[str, float], max_tokens: int,
                     token_totals: dict[str, int] | None = None, scale: float = 1.0, backward=None,
-                    share_prompt: bool = True) -> dict[str, float]:
+                    share_prompt: bool = True, min_passes: int = 0) -> dict[str, float]:
     """Run one optimizer step's samples; return each task's mean token loss (for logging).
 
     The objective is Σ_t α_t · (Σ target-token loss of task t) / N_t with N_t the task's target
     tokens in the step (`token_totals`, summed across processes when distributed). Each micro-batch
     backpropagates its share at once, so memory holds one micro-batch of activations at a time.
     With `share_prompt` (decoder-only students), a question's tasks are packed into one row.
+    `min_passes`: run zero-weighted passes up to this many (FSDP needs every process to run the
+    same number of forward/backward passes).
     """
     totals = token_totals or count_targets(samples)
     sums = {t: 0.0 for t in totals}
-    if share_prompt and can_share(model):
-        batches = [(mb, [s for p in mb for s in p.samples])
-                   for mb in micro_batches(packs_for(samples), max_tokens, size=_pack_size)]
-    else:
-        batches = [(mb, mb) for mb in micro_batches(samples, max_tokens)]
-    for mb, flat in batches:
+    plan = micro_batch_plan(model, samples, max_tokens, share_prompt)
+    weights = [1.0] * len(plan)
+    if len(plan) < min_passes:
+        filler = plan[:1] or [([Sample("answer", [pad_id, pad_id], [-100, pad_id])],) * 2]
+        plan, weights = plan + filler * (min_passes - len(plan)), weights + [0.0] * (min_passes - len(plan))
+    for (mb, flat), weight in zip(plan, weights):
         loss_sums, _ = (token_losses if flat is mb else packed_token_losses)(model, mb, pad_id)
-        objective = sum(alphas[s.task] / totals[s.task] * loss_sums[i] for i, s in enumerate(flat)) * scale
+        objective = sum(alphas.get(s.task, 0.0) / max(1, totals.get(s.task, 0)) * loss_sums[i]
+                        for i, s in enumerate(flat)) * (scale * weight)
         if backward is not None:
             backward(objective)
-        for i, s in enumerate(flat):
-            sums[s.task] += float(loss_sums[i].detach())
+        if weight:
+            for i, s in enumerate(flat):
+                sums[s.task] += float(loss_sums[i].detach())
     return {t: sums[t] / totals[t] for t in totals if totals[t]}
 
 
@@ -438,16 +466,28 @@ def evaluate(model, tok, fmt: PromptFormat, examples: list[Example], method: str
 # Checkpoints: model, optimizer, scheduler, RNG and data position; resume reproduces the run.
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, keep: int = 2) -> None:
+def full_states(model, optimizer, sharded: bool) -> tuple[dict, dict]:
+    """Model and optimizer state dicts; with FSDP gathered in full on rank 0 (a collective call)."""
+    if not sharded:
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def save_checkpoint(folder: Path, model_state: dict, optimizer_state: dict, scheduler, step: int, keep: int = 2,
+                    scaler=None) -> None:
     from safetensors.torch import save_file
 
     tmp = folder.parent / (folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().clone() for k, v in model_state.items()}
     save_file(state, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
+                **({"scaler": scaler.state_dict()} if scaler is not None else {})}, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step}))
     if folder.exists():
         shutil.rmtree(folder)
@@ -461,16 +501,27 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
+def load_checkpoint(folder: Path, model, optimizer, scheduler, sharded: bool = False, scaler=None) -> int:
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model_state = load_file(str(folder / "model.safetensors"))
     # weights_only: these files hold tensors and plain containers; never unpickle arbitrary objects.
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True)
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+        opts = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, model_state, options=opts)
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=opts)
+    else:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     rng = torch.load(folder / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
     random.setstate(_tuples(rng["python"]))
+    if scaler is not None and "scaler" in rng:
+        scaler.load_state_dict(rng["scaler"])
     return json.loads((folder / "state.json").read_text())["step"]
 
 
@@ -480,6 +531,34 @@ def _tuples(x):
 
 # ---------------------------------------------------------------------------------------------
 # The loop.
+
+
+def shard_student(model) -> None:
+    """FSDP2: shard each transformer block, then the rest (embeddings, norms, LM head) as the root.
+    Decoder-only students get TargetLogits as their root, the module the loss goes through."""
+    from torch.distributed.fsdp import fully_shard
+
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise UserError(f"train.sharding=fsdp: cannot tell which modules of {type(model).__name__} are its transformer "
+                        "blocks (it declares no _no_split_modules); use train.sharding=none.")
+    for block in blocks:
+        fully_shard(block)
+    if is_seq2seq(model):
+        fully_shard(model)
+    else:
+        root = TargetLogits(model)
+        fully_shard(root)
+        object.__setattr__(model, "_tinyllm_root", root)  # not a submodule: no cycle in named_modules()
+
+
+def load_saved_student(folder: Path, device):
+    import transformers
+
+    config = json.loads((folder / "config.json").read_text())
+    auto = transformers.AutoModelForSeq2SeqLM if config.get("is_encoder_decoder") else transformers.AutoModelForCausalLM
+    return auto.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).to(device)
 
 
 def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict[str, str]],
@@ -495,9 +574,18 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
     from accelerate import Accelerator
 
     tc = cfg.train
-    acc = Accelerator(cpu=not torch.cuda.is_available(),
-                      mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[tc.precision])
+    acc = Accelerator(cpu=not torch.cuda.is_available())  # process group, device and ranks from the launcher
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
+    sharded = tc.sharding == "fsdp"
+    if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        raise UserError(f"accelerate is configured for {acc.distributed_type.name}, but TinyLLM shards the student itself: "
+                        "launch with a plain multi-process accelerate config (or torchrun) and set train.sharding=fsdp.")
+    if sharded and cfg.student.lora:
+        raise UserError("train.sharding=fsdp is for full fine-tuning; LoRA students train with train.sharding=none.")
+    if sharded and tc.precision == "fp16":
+        raise UserError("train.sharding=fsdp runs in fp32 or bf16; set train.precision=bf16.")
+    if sharded and tc.eval_every:
+        raise UserError("train.eval_every needs train.sharding=none; with fsdp the student is evaluated after training.")
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     out_dir = Path(cfg.output_dir)
@@ -507,6 +595,11 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+    n_params = sum(p.numel() for p in model.parameters())
+    if sharded:
+        shard_student(model)
+    low = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tc.precision]
+    scaler = torch.amp.GradScaler(acc.device.type) if tc.precision == "fp16" else None
     fmt = prompt_format(cfg.student, model)
     samples = build_samples(train_examples, rationales, tok, fmt, is_seq2seq(model), tc.max_length)
     alphas = {"answer": 1.0, **{t.name: t.alpha for t in cfg.teachers}}
@@ -528,11 +621,11 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
         ckpt = latest_checkpoint(out_dir)
         if ckpt is None:
             raise UserError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}; set train.save_every to make them.")
-        start_step = load_checkpoint(ckpt, model, optimizer, scheduler)
+        start_step = load_checkpoint(ckpt, model, optimizer, scheduler, sharded, scaler)
         if main:
             log(f"[train] resumed from {ckpt} at step {start_step}/{total}")
 
-    run.log_params({"student.identity": identity, "student.parameters": sum(p.numel() for p in model.parameters()),
+    run.log_params({"student.identity": identity, "student.parameters": n_params,
                     "student.trainable_parameters": sum(p.numel() for p in params), "train.total_steps": total,
                     "train.world_size": world})
     if main:
@@ -554,22 +647,37 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
         if world > 1:
             dist.all_reduce(totals_t)
         totals = {t: int(v) for t, v in zip(tasks, totals_t.tolist()) if v > 0}
+        passes = 0
+        if sharded:  # every process must run the same number of passes: pad with zero-weighted ones
+            passes_t = torch.tensor([float(len(micro_batch_plan(model, step_samples, tc.micro_batch_tokens, tc.share_prompt)))])
+            dist.all_reduce(passes_t, op=dist.ReduceOp.MAX)
+            passes = int(passes_t.item())
         optimizer.zero_grad(set_to_none=True)
-        with acc.autocast():
+        with torch.autocast(acc.device.type, dtype=low or torch.float32, enabled=low is not None):
+            # Each process's objective is its share of the global one, so gradients are summed across
+            # processes: by hand for data parallelism, by FSDP's reduce-scatter (which averages: x world).
             terms = step_loss_terms(model, step_samples, tok.pad_token_id, alphas, tc.micro_batch_tokens,
-                                    token_totals=totals, backward=lambda loss: loss.backward(),
+                                    token_totals=totals, scale=world if sharded else 1.0, min_passes=passes,
+                                    backward=lambda loss: (scaler.scale(loss) if scaler else loss).backward(),
                                     share_prompt=tc.share_prompt)
         terms_t = torch.tensor([terms.get(t, 0.0) for t in tasks])
         if world > 1:
             dist.all_reduce(terms_t)
+        if world > 1 and not sharded:
             for p in params:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
         terms = {t: v for t, v in zip(tasks, terms_t.tolist()) if t in totals}
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         if tc.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
 
         step_tokens = sum(len(s.input_ids) + (len(s.labels) if is_seq2seq(model) else 0) for s in step_samples)
@@ -594,8 +702,10 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
                              "tokens_per_s": tps, "epoch": step / steps_per_epoch}, step=done)
         history.append({"step": done, "loss": loss, **{f"loss_{t}": v for t, v in terms.items()}})
         if tc.save_every and done % tc.save_every == 0 and done < total:
+            model_state, optimizer_state = full_states(model, optimizer, sharded)
             if main:
-                save_checkpoint(out_dir / "checkpoints" / f"step-{done:06d}", model, optimizer, scheduler, done)
+                save_checkpoint(out_dir / "checkpoints" / f"step-{done:06d}", model_state, optimizer_state, scheduler, done,
+                                scaler=scaler)
             if world > 1:
                 dist.barrier()
         if tc.eval_every and done % tc.eval_every == 0 and done < total and eval_examples:
@@ -607,10 +717,18 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
                 dist.barrier()
 
     result = {"steps": total, "tokens": tokens_seen, "seconds": time.perf_counter() - t0, "history": history}
+    final_state = full_states(model, optimizer, True)[0] if sharded else None
     if main:
         student_dir = out_dir / "student"
         final = model.merge_and_unload() if cfg.student.lora else model
-        final.save_pretrained(student_dir, safe_serialization=True)
+        if sharded:  # save the gathered weights, then evaluate an unsharded copy on this process alone
+            if getattr(final.config, "tie_word_embeddings", False):  # as save_pretrained does for a whole model
+                for key in getattr(final, "_tied_weights_keys", None) or []:
+                    final_state.pop(key, None)
+            final.save_pretrained(student_dir, state_dict=final_state, safe_serialization=True)
+            final = load_saved_student(student_dir, acc.device)
+        else:
+            final.save_pretrained(student_dir, safe_serialization=True)
         tok.save_pretrained(student_dir)
         fmt.save(student_dir)
         result["student_dir"] = str(student_dir)

@@ -256,6 +256,25 @@ def test_answer_only_run_is_tracked(tmp_path, tiny_student):
     assert "loss_answer" in run.data.metrics and not any(k.startswith("loss_a") and k != "loss_answer" for k in run.data.metrics)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_train_fp32_weights(tmp_path, tiny_student, precision):
+    """bf16/fp16 autocast (fp16 with a gradient scaler) on CPU: the step losses stay within 2% of
+    fp32's, and the saved student is fp32."""
+    cfg = write_run_config(tmp_path, tiny_student, max_steps=2)
+    import re
+
+    losses = {}
+    for p in ("fp32", precision):
+        r = run_cli("run", str(cfg), "--no-mlflow", f"train.precision={p}", f"output_dir={tmp_path / p}", cwd=tmp_path)
+        losses[p] = [float(x) for x in re.findall(r"^step \d+/\d+ .*?\| loss ([\d.]+)", r.stderr, re.M)]
+    assert len(losses["fp32"]) == 2 and losses[precision] == pytest.approx(losses["fp32"], rel=0.02)
+    assert losses[precision] != losses["fp32"]  # autocast really ran in low precision
+    weights = load_file(str(tmp_path / precision / "student" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in weights.values())
+    start = load_file(str(tiny_student / "model.safetensors"))
+    assert any(not torch.equal(start[k], weights[k]) for k in start)
+
+
 def test_failed_run_ends_failed_not_running(tmp_path, tiny_student):
     import mlflow
 
@@ -282,28 +301,42 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_student
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
-def test_two_processes_log_one_run_and_match_one_process(tmp_path, tiny_student):
-    import mlflow
-
-    cfg = write_run_config(tmp_path, tiny_student, max_steps=4, micro_batch_tokens=512)
-    run_cli("run", str(cfg), "output_dir=" + str(tmp_path / "single"), "--no-mlflow", cwd=tmp_path)
+def torchrun(*args, cwd):
     import socket
 
     with socket.socket() as sock:  # torchrun hangs with --master_port 0; take a free port instead
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     r = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                        "--master_port", str(port), "--no-python",
-                        str(BIN / "tinyllm-distill"), "run", str(cfg)], capture_output=True, text=True, cwd=tmp_path,
-                       timeout=600)
+                        "--master_port", str(port), "--no-python", str(BIN / "tinyllm-distill"), *args],
+                       capture_output=True, text=True, cwd=cwd, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+def test_two_processes_log_one_run_and_match_one_process(tmp_path, tiny_student, sharding):
+    """Data parallel (whole student per process) and FSDP (sharded): both compute the one-process run."""
+    import mlflow
+
+    cfg = write_run_config(tmp_path, tiny_student, max_steps=4, micro_batch_tokens=512, save_every=2)
+    run_cli("run", str(cfg), "output_dir=" + str(tmp_path / "single"), "--no-mlflow", cwd=tmp_path)
+    r = torchrun("run", str(cfg), f"train.sharding={sharding}", cwd=tmp_path)
     assert "2 process(es)" in r.stderr
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["test"], output_format="list")
     assert len(runs) == 1 and runs[0].data.params["train.world_size"] == "2"
     one = load_file(str(tmp_path / "single" / "student" / "model.safetensors"))
     two = load_file(str(tmp_path / "out" / "student" / "model.safetensors"))
-    assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
+    assert set(one) == set(two) and all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
+    # Checkpoints hold whole (gathered) weights either way, and resuming from one reproduces the run.
+    ckpt = load_file(str(tmp_path / "out" / "checkpoints" / "step-000002" / "model.safetensors"))
+    assert set(ckpt) >= set(one) and all(ckpt[k].shape == one[k].shape for k in one)
+    shutil.rmtree(tmp_path / "out" / "student")
+    r = torchrun("run", str(cfg), f"train.sharding={sharding}", "--resume", "--no-mlflow", cwd=tmp_path)
+    assert "resumed from" in r.stderr and "step-000002" in r.stderr
+    resumed = load_file(str(tmp_path / "out" / "student" / "model.safetensors"))
+    assert all(torch.allclose(one[k], resumed[k], atol=1e-5) for k in one)
 
 
 def test_lora_t5_student_registers_and_saves_merged(tmp_path):
