@@ -69,6 +69,7 @@ def run_cell(dataset: str, method: str) -> dict:
 
     n, acc = summary["n"], summary["accuracy_loglik"]
     result = {"dataset": dataset, "method": method, "command": printable, "n_test": n, "accuracy": acc,
+              "correct": correctness(REPO / f"runs/paper/{dataset}/{method}"),
               "ci95": wilson(round(acc * n), n), "wall_s": round(time.time() - start), "run_id": summary.get("run_id"),
               "budget": BUDGET[dataset] or "full", "hardware": f"{platform.machine()}, {os.cpu_count()} cores"}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -76,14 +77,68 @@ def run_cell(dataset: str, method: str) -> dict:
     return result
 
 
-def table() -> str:
-    rows = ["| dataset | method | accuracy % [95% CI] | n test | train budget | wall | command |", "|---|---|---|---|---|---|---|"]
+def correctness(out_dir: Path) -> str | None:
+    """Per test question, in order: '1' if the option log-likelihood pick is the gold answer."""
+    f = out_dir / "eval_predictions.jsonl"
+    if not f.exists():
+        return None
+    return "".join("1" if p["loglik"] == p["gold"] else "0" for p in map(json.loads, f.read_text().splitlines()))
+
+
+def paired(a: str, b: str) -> tuple[float, float, float, float]:
+    """Accuracy difference a - b on the same questions: (diff, 95% CI low, high, exact McNemar p)."""
+    from math import comb, sqrt
+
+    n = len(a)
+    d = [int(x) - int(y) for x, y in zip(a, b)]
+    mean = sum(d) / n
+    sd = sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
+    half = 1.96 * sd / sqrt(n)
+    wins, losses = d.count(1), d.count(-1)
+    k, m = min(wins, losses), wins + losses
+    p = min(1.0, 2 * sum(comb(m, i) for i in range(k + 1)) / 2 ** m) if m else 1.0
+    return mean, mean - half, mean + half, p
+
+
+def load_results() -> dict[tuple[str, str], dict]:
+    """Finished cells; a cell stored without per-question results gets them from its run folder."""
+    out = {}
     for f in sorted(RESULTS.glob("*.json")):
         r = json.loads(f.read_text())
-        lo, hi = r["ci95"]
-        rows.append(f"| {r['dataset']} | {r['method']} | {100 * r['accuracy']:.1f} [{100 * lo:.1f}–{100 * hi:.1f}] | "
-                    f"{r['n_test']} | {r['budget']} | {r['wall_s'] // 60}m | `{r['command']}` |")
-    return "\n".join(rows)
+        if not r.get("correct") and correctness(REPO / f"runs/paper/{r['dataset']}/{r['method']}"):
+            r["correct"] = correctness(REPO / f"runs/paper/{r['dataset']}/{r['method']}")
+            if len(r["correct"]) == r["n_test"] and abs(r["correct"].count("1") / r["n_test"] - r["accuracy"]) < 1e-9:
+                f.write_text(json.dumps(r, indent=2) + "\n")
+            else:
+                r["correct"] = None
+        out[(r["dataset"], r["method"])] = r
+    return out
+
+
+def table() -> str:
+    res = load_results()
+    datasets = [d for d in BUDGET if any(k[0] == d for k in res)]
+    lines = ["| dataset (n test, train budget) | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+    for ds in datasets:
+        n = next(r["n_test"] for k, r in res.items() if k[0] == ds)
+        cells = []
+        for m in METHODS:
+            r = res.get((ds, m))
+            cells.append(f"{100 * r['accuracy']:.1f} [{100 * r['ci95'][0]:.1f}–{100 * r['ci95'][1]:.1f}]" if r else "—")
+        lines.append(f"| {ds} ({n}, {BUDGET[ds] or 'full'}) | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences on the same test questions (points; 95% CI; exact McNemar p):", "",
+              "| dataset | comparison | difference | 95% CI | p |", "|---|---|---|---|---|"]
+    for ds in datasets:
+        for a, b in (("tinyllm", "ft-answer"), ("tinyllm", "step-by-step"), ("tinyllm", "zero-shot"),
+                     ("step-by-step", "ft-answer"), ("ft-answer", "zero-shot"), ("lora-answer", "zero-shot")):
+            ra, rb = res.get((ds, a)), res.get((ds, b))
+            if ra and rb and ra.get("correct") and rb.get("correct"):
+                diff, lo, hi, p = paired(ra["correct"], rb["correct"])
+                lines.append(f"| {ds} | {a} − {b} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |")
+    lines += ["", "| dataset | method | wall | command |", "|---|---|---|---|"]
+    for (ds, m), r in sorted(res.items()):
+        lines.append(f"| {ds} | {m} | {r['wall_s'] // 60}m{r['wall_s'] % 60:02d}s | `{r['command']}` |")
+    return "\n".join(lines)
 
 
 def main():

@@ -136,6 +136,10 @@ def evaluate_model(cfg: Config, split: str, track: bool = True) -> dict:
                     tags={"tinyllm.dataset": ds.name, "tinyllm.student": cfg.student.model, "tinyllm.method": "zero-shot"
                           if not folder.is_dir() else "trained"}) as run:
         res = evaluate(model, tok, fmt, examples, cfg.train.eval_method, log=log)
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval_predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in res["predictions"]))
+        run.log_artifact(str(out / "eval_predictions.jsonl"), "eval")
         metrics = {k: v for k, v in res.items() if k.startswith("accuracy")}
         run.log_metrics({f"{split}_{k}": v for k, v in metrics.items()})
         run.log_params({"eval.split": split, "eval.n": res["n"], "student.identity": identity})

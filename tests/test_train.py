@@ -275,6 +275,16 @@ def test_mixed_precision_runs_train_fp32_weights(tmp_path, tiny_student, precisi
     assert any(not torch.equal(start[k], weights[k]) for k in start)
 
 
+def test_zero_shot_eval_reports_and_keeps_predictions(tmp_path, tiny_student):
+    """`tinyllm-distill eval`: the paper's zero-shot row — accuracy, and per-question predictions on disk."""
+    cfg = write_run_config(tmp_path, tiny_student)
+    r = run_cli("eval", str(cfg), "data.max_test=6", "train.eval_method=loglik", "--no-mlflow", cwd=tmp_path)
+    summary = json.loads(r.stdout)
+    assert summary["n"] == 6 and 0.0 <= summary["accuracy_loglik"] <= 1.0
+    preds = [json.loads(line) for line in (tmp_path / "out" / "eval_predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 6 and sum(p["loglik"] == p["gold"] for p in preds) / 6 == summary["accuracy_loglik"]
+
+
 def test_failed_run_ends_failed_not_running(tmp_path, tiny_student):
     import mlflow
 
