@@ -340,11 +340,24 @@ def _pack_size(p: Pack) -> int:
     return len(p.ids)
 
 
+def sliding_window(model) -> int | None:
+    cfg = model.config
+    return None if getattr(cfg, "use_sliding_window", True) is False else getattr(cfg, "sliding_window", None)
+
+
+def fits_window(model, packs: list[Pack]) -> bool:
+    """A packed row must not be longer than a sliding attention window (Gemma 3, Mistral-style
+    models): one 4D mask serves every layer, so the window would not be applied."""
+    window = sliding_window(model)
+    return window is None or all(len(p.ids) <= window for p in packs)
+
+
 def micro_batch_plan(model, samples: list[Sample], max_tokens: int, share_prompt: bool = True) -> list[tuple[list, list[Sample]]]:
     """The forward passes of one step: (micro-batch of samples or packs, its samples in order)."""
     if share_prompt and can_share(model):
-        return [(mb, [s for p in mb for s in p.samples])
-                for mb in micro_batches(packs_for(samples), max_tokens, size=_pack_size)]
+        packs = packs_for(samples)
+        if fits_window(model, packs):
+            return [(mb, [s for p in mb for s in p.samples]) for mb in micro_batches(packs, max_tokens, size=_pack_size)]
     return [(mb, mb) for mb in micro_batches(samples, max_tokens)]
 
 
@@ -418,8 +431,8 @@ def option_scores(model, tok, fmt: PromptFormat, ex: Example) -> list[float]:
     for s in samples:  # score the option text only, not the end-of-sequence token
         s.labels = s.labels[:-1] if seq2seq else s.labels[:-1] + [-100]
         s.group = 0
-    if can_share(model):  # the options share the prompt: compute it once
-        sums, counts = packed_token_losses(model, [pack(samples)], tok.pad_token_id)
+    if can_share(model) and fits_window(model, [packed := pack(samples)]):  # the options share the prompt
+        sums, counts = packed_token_losses(model, [packed], tok.pad_token_id)
     else:
         sums, counts = token_losses(model, samples, tok.pad_token_id)
     return [-(float(a) / max(1, int(b))) for a, b in zip(sums, counts)]

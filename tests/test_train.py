@@ -135,6 +135,27 @@ def test_shared_prompt_same_gradients_fewer_tokens(tiny_student, batch):
         assert all(shared_length(p.samples) > 20 for p in packs)
 
 
+@pytest.mark.parametrize("window", [4096, 16])
+def test_shared_prompt_gemma3_sliding_window(tiny_student, batch, window):
+    """Gemma 3 (sliding-window layers): packed rows give the unpacked loss while they fit the window,
+    and longer rows fall back to one row per task rather than silently dropping the window."""
+    from distill.train import micro_batch_plan
+
+    tok, samples = batch
+    cfg = transformers.Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=window,
+                                        max_position_embeddings=512, layer_types=["sliding_attention", "full_attention"])
+    torch.manual_seed(0)
+    model = transformers.Gemma3ForCausalLM(cfg).eval()
+    alphas = {"answer": 1.0, "a": 1.0, "b": 0.5}
+    with torch.no_grad():
+        shared = step_loss_terms(model, samples, tok.pad_token_id, alphas, 10_000, share_prompt=True)
+        separate = step_loss_terms(model, samples, tok.pad_token_id, alphas, 10_000, share_prompt=False)
+    assert shared == pytest.approx(separate, rel=1e-5)
+    packed = micro_batch_plan(model, samples, 10_000)[0][0][0]
+    assert hasattr(packed, "segments") == (window == 4096)
+
+
 def test_shared_prompt_never_shares_targets(tiny_student):
     """If one task's prompt is a prefix of another's (a target starts where the other's prompt goes on),
     the shared part stops before the first target token."""
