@@ -296,10 +296,13 @@ def packs_for(samples: list[Sample]) -> list[Pack]:
     return [pack(g) for g in groups.values()]
 
 
+def _attn_impl(model) -> str:
+    return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
 def can_share(model) -> bool:
     """Decoder-only students whose attention takes an arbitrary 4D mask (sdpa, eager)."""
-    impl = getattr(model.config, "_attn_implementation", None) or "eager"
-    return not is_seq2seq(model) and impl in ("sdpa", "eager")
+    return not is_seq2seq(model) and _attn_impl(model) in ("sdpa", "eager")
 
 
 def packed_token_losses(model, packs: list[Pack], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,24 +318,23 @@ def packed_token_losses(model, packs: list[Pack], pad_id: int) -> tuple[torch.Te
     allowed = causal & ((seg[:, None, :] == -1) | (seg[:, None, :] == seg[:, :, None]))
     allowed |= torch.eye(n, dtype=torch.bool, device=device)
     mask = allowed[:, None]
-    if (getattr(model.config, "_attn_implementation", None) or "eager") != "sdpa":
+    if _attn_impl(model) != "sdpa":
         dtype = next(model.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
-    rows, src, labels, owner = [], [], [], []
+    rows, src, labels, owner, base = [], [], [], [], 0
     for b, p in enumerate(packs):
-        base = sum(len(q.samples) for q in packs[:b])
         for at, label, i in p.targets:
             rows.append(b)
             src.append(at)
             labels.append(label)
             owner.append(base + i)
+        base += len(p.samples)
     logits = target_logits(model, ids, mask, pos, torch.tensor(rows, device=device, dtype=torch.long),
                            torch.tensor(src, device=device, dtype=torch.long))
     losses = F.cross_entropy(logits.float(), torch.tensor(labels, device=device), reduction="none")
-    total = sum(len(p.samples) for p in packs)
     owner_t = torch.tensor(owner, device=device, dtype=torch.long)
-    sums = torch.zeros(total, device=device, dtype=losses.dtype).index_add(0, owner_t, losses)
-    counts = torch.zeros(total, device=device, dtype=torch.long).index_add(0, owner_t, torch.ones_like(owner_t))
+    sums = torch.zeros(base, device=device, dtype=losses.dtype).index_add(0, owner_t, losses)
+    counts = torch.zeros(base, device=device, dtype=torch.long).index_add(0, owner_t, torch.ones_like(owner_t))
     return sums, counts
 
 
@@ -430,7 +432,6 @@ def option_scores(model, tok, fmt: PromptFormat, ex: Example) -> list[float]:
     samples = [encode(tok, fmt.answer_prompt(ex), " " + c, "answer", seq2seq, 4096) for c in ex.choices]
     for s in samples:  # score the option text only, not the end-of-sequence token
         s.labels = s.labels[:-1] if seq2seq else s.labels[:-1] + [-100]
-        s.group = 0
     if can_share(model) and fits_window(model, [packed := pack(samples)]):  # the options share the prompt
         sums, counts = packed_token_losses(model, [packed], tok.pad_token_id)
     else:
