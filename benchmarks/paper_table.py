@@ -79,6 +79,9 @@ def run_cell(dataset: str, method: str) -> dict:
     n, acc = summary["n"], summary["accuracy_loglik"]
     result = {"dataset": dataset, "method": method, "command": printable, "n_test": n, "accuracy": acc,
               "correct": correctness(REPO / f"runs/paper/{dataset}/{method}"),
+              **({"accuracy_sum": summary["accuracy_loglik_sum"],
+                  "correct_sum": correctness(REPO / f"runs/paper/{dataset}/{method}", "loglik_sum")}
+                 if "accuracy_loglik_sum" in summary else {}),
               "ci95": wilson(round(acc * n), n), "wall_s": round(time.time() - start), "run_id": summary.get("run_id"),
               "budget": BUDGET[dataset] or "full", "hardware": f"{platform.machine()}, {os.cpu_count()} cores"}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -86,12 +89,16 @@ def run_cell(dataset: str, method: str) -> dict:
     return result
 
 
-def correctness(out_dir: Path) -> str | None:
-    """Per test question, in order: '1' if the option log-likelihood pick is the gold answer."""
+def correctness(out_dir: Path, pick: str = "loglik") -> str | None:
+    """Per test question, in order: '1' if the option log-likelihood pick is the gold answer (`pick`:
+    "loglik", mean log-prob per token, the reported one; "loglik_sum", summed log-prob)."""
     f = out_dir / "eval_predictions.jsonl"
     if not f.exists():
         return None
-    return "".join("1" if p["loglik"] == p["gold"] else "0" for p in map(json.loads, f.read_text().splitlines()))
+    preds = [json.loads(line) for line in f.read_text().splitlines()]
+    if any(pick not in p for p in preds):
+        return None  # recorded before that pick was
+    return "".join("1" if p[pick] == p["gold"] else "0" for p in preds)
 
 
 def paired(a: str, b: str) -> tuple[float, float, float, float]:
@@ -144,6 +151,20 @@ def table() -> str:
             if ra and rb and ra.get("correct") and rb.get("correct"):
                 diff, lo, hi, p = paired(ra["correct"], rb["correct"])
                 lines.append(f"| {ds} | {a} − {b} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |")
+    summed = [(k, r) for k, r in sorted(res.items()) if r.get("accuracy_sum") is not None]
+    if summed:
+        lines += ["", "The same runs scored by summed option log-probability (no length normalisation; recorded "
+                  "for cells run since it was added):", "",
+                  "| dataset | method | summed log-prob | mean per token (reported) | summed − mean (paired) | p |",
+                  "|---|---|---|---|---|---|"]
+        for (ds, m), r in summed:
+            line = f"| {ds} | {m} | {100 * r['accuracy_sum']:.1f} | {100 * r['accuracy']:.1f} |"
+            if r.get("correct_sum") and r.get("correct"):
+                diff, lo, hi, p = paired(r["correct_sum"], r["correct"])
+                line += f" {100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |"
+            else:
+                line += " — | — |"
+            lines.append(line)
     lines += ["", "| dataset | method | wall | command |", "|---|---|---|---|"]
     for (ds, m), r in sorted(res.items()):
         lines.append(f"| {ds} | {m} | {r['wall_s'] // 60}m{r['wall_s'] % 60:02d}s | `{r['command']}` |")

@@ -428,6 +428,12 @@ def match_option(generated: str, choices: tuple[str, ...]) -> int | None:
 @torch.inference_mode()
 def option_scores(model, tok, fmt: PromptFormat, ex: Example) -> list[float]:
     """Mean log-probability per token of each option after the answer prompt."""
+    return [total / max(1, count) for total, count in option_logprobs(model, tok, fmt, ex)]
+
+
+@torch.inference_mode()
+def option_logprobs(model, tok, fmt: PromptFormat, ex: Example) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each option after the answer prompt."""
     seq2seq = is_seq2seq(model)
     samples = [encode(tok, fmt.answer_prompt(ex), " " + c, "answer", seq2seq, 4096) for c in ex.choices]
     for s in samples:  # score the option text only, not the end-of-sequence token
@@ -436,7 +442,7 @@ def option_scores(model, tok, fmt: PromptFormat, ex: Example) -> list[float]:
         sums, counts = packed_token_losses(model, [packed], tok.pad_token_id)
     else:
         sums, counts = token_losses(model, samples, tok.pad_token_id)
-    return [-(float(a) / max(1, int(b))) for a, b in zip(sums, counts)]
+    return [(-float(a), int(b)) for a, b in zip(sums, counts)]
 
 
 @torch.inference_mode()
@@ -448,17 +454,24 @@ def generate_answer(model, tok, fmt: PromptFormat, ex: Example, max_new_tokens: 
 
 
 def evaluate(model, tok, fmt: PromptFormat, examples: list[Example], method: str = "both", log=None) -> dict:
-    """Accuracy by option log-likelihood and/or generation; per-question predictions included."""
+    """Accuracy by option log-likelihood and/or generation; per-question predictions included.
+
+    The log-likelihood pick (`loglik`, the reported metric) normalises by option length (mean log-prob
+    per token); `loglik_sum`, the pick by summed log-prob, is recorded beside it so the effect of the
+    normalisation can be read off the same run."""
     was_training = model.training
     model.eval()
-    preds, hits = [], {"loglik": 0, "generate": 0}
+    preds, hits = [], {"loglik": 0, "loglik_sum": 0, "generate": 0}
     start = time.perf_counter()
     for i, ex in enumerate(examples):
         rec = {"id": ex.id, "gold": ex.answer}
         if method in ("loglik", "both"):
-            scores = option_scores(model, tok, fmt, ex)
-            rec["loglik"] = max(range(len(scores)), key=scores.__getitem__)
+            lps = option_logprobs(model, tok, fmt, ex)
+            means = [total / max(1, count) for total, count in lps]
+            rec["loglik"] = max(range(len(lps)), key=means.__getitem__)
+            rec["loglik_sum"] = max(range(len(lps)), key=lambda j: lps[j][0])
             hits["loglik"] += rec["loglik"] == ex.answer
+            hits["loglik_sum"] += rec["loglik_sum"] == ex.answer
         if method in ("generate", "both"):
             rec["generated"] = generate_answer(model, tok, fmt, ex)
             rec["generate"] = match_option(rec["generated"], ex.choices)
@@ -470,8 +483,8 @@ def evaluate(model, tok, fmt: PromptFormat, examples: list[Example], method: str
         model.train()
     n = len(examples)
     result = {"n": n, "predictions": preds}
-    for m in ("loglik", "generate"):
-        if method in (m, "both"):
+    for m in ("loglik", "loglik_sum", "generate"):
+        if method in (m.split("_")[0], "both"):
             result[f"accuracy_{m}"] = hits[m] / n if n else 0.0
     return result
 

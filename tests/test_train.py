@@ -192,6 +192,26 @@ def test_option_scores_shared_equal_separate(tiny_student, tmp_path, monkeypatch
     assert PromptFormat.load(tmp_path / "none") == PromptFormat()  # students saved before the field: prefix first
 
 
+def test_eval_records_length_normalised_and_summed_picks(monkeypatch):
+    """The reported pick is by mean log-prob per token; the summed pick is kept beside it, and each is
+    scored against gold on its own."""
+    import distill.train
+    from distill.train import evaluate
+
+    exs = load_dataset("demo").splits["test"][:2]
+    # option 0: short and likely per token; option 1: long, more total mass; the rest unlikely
+    fake = {exs[0].id: [(-2.0, 1), (-3.0, 6)], exs[1].id: [(-1.0, 1), (-4.0, 2)]}
+    monkeypatch.setattr(distill.train, "option_logprobs",
+                        lambda model, tok, fmt, ex: fake[ex.id] + [(-99.0, 1)] * (len(ex.choices) - 2))
+    model = torch.nn.Linear(1, 1)
+    res = evaluate(model, None, PromptFormat(), exs, "loglik")
+    assert [(p["loglik"], p["loglik_sum"]) for p in res["predictions"]] == [(1, 0), (0, 0)]
+    golds = [p["gold"] for p in res["predictions"]]
+    assert res["accuracy_loglik"] == sum(g == m for g, m in zip(golds, (1, 0))) / 2
+    assert res["accuracy_loglik_sum"] == sum(g == 0 for g in golds) / 2
+    assert "accuracy_generate" not in res
+
+
 def test_micro_batches_respect_budget_and_sort_by_length(batch):
     _, samples = batch
     for mb in micro_batches(samples, 300):
@@ -305,6 +325,7 @@ def test_zero_shot_eval_reports_and_keeps_predictions(tmp_path, tiny_student):
     assert summary["n"] == 6 and 0.0 <= summary["accuracy_loglik"] <= 1.0
     preds = [json.loads(line) for line in (tmp_path / "out" / "eval_predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 6 and sum(p["loglik"] == p["gold"] for p in preds) / 6 == summary["accuracy_loglik"]
+    assert sum(p["loglik_sum"] == p["gold"] for p in preds) / 6 == summary["accuracy_loglik_sum"]
 
 
 def test_failed_run_ends_failed_not_running(tmp_path, tiny_student):

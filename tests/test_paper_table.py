@@ -1,0 +1,50 @@
+"""benchmarks/paper_table.py: the paired statistics the table's conclusions rest on, and cell commands."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from math import sqrt
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("paper_table", Path(__file__).parent.parent / "benchmarks" / "paper_table.py")
+paper_table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(paper_table)
+paired = paper_table.paired
+
+
+def test_paired_difference_and_exact_mcnemar():
+    # 10 questions only a gets right, 0 only b: two-sided exact binomial p = 2 * 0.5**10
+    a, b = "1" * 10 + "1" * 5 + "0" * 5, "0" * 10 + "1" * 5 + "0" * 5
+    diff, lo, hi, p = paired(a, b)
+    assert diff == pytest.approx(0.5) and p == pytest.approx(2 / 1024)
+    sd = sqrt(sum((x - 0.5) ** 2 for x in [1] * 10 + [0] * 10) / 19)
+    assert (lo, hi) == pytest.approx((0.5 - 1.96 * sd / sqrt(20), 0.5 + 1.96 * sd / sqrt(20)))
+    # balanced disagreements: no difference, p = 1; identical results: no disagreements at all
+    assert paired("1100", "0011")[0] == 0 and paired("1100", "0011")[3] == pytest.approx(1.0)
+    assert paired("1010", "1010") == (0.0, 0.0, 0.0, 1.0)
+    # 3 wins, 1 loss: p = 2 * (C(4,0) + C(4,1)) / 16
+    assert paired("11100", "00010")[3] == pytest.approx(10 / 16)
+
+
+
+def test_correctness_per_pick(tmp_path):
+    preds = [{"id": "a", "gold": 1, "loglik": 1, "loglik_sum": 0}, {"id": "b", "gold": 0, "loglik": 2, "loglik_sum": 0}]
+    (tmp_path / "eval_predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    assert paper_table.correctness(tmp_path) == "10"
+    assert paper_table.correctness(tmp_path, "loglik_sum") == "01"
+    (tmp_path / "eval_predictions.jsonl").write_text(json.dumps({"id": "a", "gold": 1, "loglik": 1}) + "\n")
+    assert paper_table.correctness(tmp_path, "loglik_sum") is None  # recorded before the summed pick existed
+    assert paper_table.correctness(tmp_path / "missing") is None
+
+
+def test_cell_commands_share_the_budget_and_differ_only_in_method():
+    cmds = {m: paper_table.command("obqa", m) for m in paper_table.METHODS}
+    assert cmds["zero-shot"][1] == "eval" and all(c[1] == "run" for m, c in cmds.items() if m != "zero-shot")
+    for m, c in cmds.items():
+        assert "data.max_train=2000" in c and "train.batch_size=8" in c and "data.eval_split=test" in c
+        assert f"output_dir=runs/paper/obqa/{m}" in c
+    assert "teachers=[]" in cmds["ft-answer"] and "student.lora=true" in cmds["lora-answer"]
+    assert "llama-2-7b" not in " ".join(cmds["step-by-step"]) and "llama-2-7b" in " ".join(cmds["tinyllm"])
+    assert not any(a.startswith("data.max_train") for a in paper_table.command("arc", "tinyllm"))  # full split
