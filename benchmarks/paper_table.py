@@ -79,6 +79,7 @@ def run_cell(dataset: str, method: str) -> dict:
     n, acc = summary["n"], summary["accuracy_loglik"]
     result = {"dataset": dataset, "method": method, "command": printable, "n_test": n, "accuracy": acc,
               "correct": correctness(REPO / f"runs/paper/{dataset}/{method}"),
+              "positions": positions(REPO / f"runs/paper/{dataset}/{method}"),
               **({"accuracy_sum": summary["accuracy_loglik_sum"],
                   "correct_sum": correctness(REPO / f"runs/paper/{dataset}/{method}", "loglik_sum")}
                  if "accuracy_loglik_sum" in summary else {}),
@@ -101,6 +102,18 @@ def correctness(out_dir: Path, pick: str = "loglik") -> str | None:
     return "".join("1" if p[pick] == p["gold"] else "0" for p in preds)
 
 
+def positions(out_dir: Path) -> dict | None:
+    """How often each option position is picked, and how often it is the gold answer (a bias check:
+    an untrained instruct model tends to pick the last option it read)."""
+    f = out_dir / "eval_predictions.jsonl"
+    if not f.exists():
+        return None
+    preds = [json.loads(line) for line in f.read_text().splitlines()]
+    width = 1 + max(max(p["gold"], p["loglik"]) for p in preds)
+    return {"picked": [sum(p["loglik"] == i for p in preds) for i in range(width)],
+            "gold": [sum(p["gold"] == i for p in preds) for i in range(width)]}
+
+
 def paired(a: str, b: str) -> tuple[float, float, float, float]:
     """Accuracy difference a - b on the same questions: (diff, 95% CI low, high, exact McNemar p)."""
     from math import comb, sqrt
@@ -121,6 +134,11 @@ def load_results() -> dict[tuple[str, str], dict]:
     out = {}
     for f in sorted(RESULTS.glob("*.json")):
         r = json.loads(f.read_text())
+        if not r.get("positions") and positions(REPO / f"runs/paper/{r['dataset']}/{r['method']}"):
+            pos = positions(REPO / f"runs/paper/{r['dataset']}/{r['method']}")
+            if sum(pos["picked"]) == r["n_test"]:
+                r["positions"] = pos
+                f.write_text(json.dumps(r, indent=2) + "\n")
         if not r.get("correct") and correctness(REPO / f"runs/paper/{r['dataset']}/{r['method']}"):
             r["correct"] = correctness(REPO / f"runs/paper/{r['dataset']}/{r['method']}")
             if len(r["correct"]) == r["n_test"] and abs(r["correct"].count("1") / r["n_test"] - r["accuracy"]) < 1e-9:
@@ -165,6 +183,19 @@ def table() -> str:
             else:
                 line += " — | — |"
             lines.append(line)
+    biased = [(k, r) for k, r in sorted(res.items()) if r.get("positions")]
+    if biased:
+        lines += ["", "Which option position each cell picks (% of test questions, options a, b, c, …), "
+                  "against where the gold answer is:", "", "| dataset | cell | a | b | c | d | e |", "|---|---|---|---|---|---|---|"]
+        for ds in datasets:
+            rows = [(m, r["positions"]) for (d, m), r in sorted(biased, key=lambda kr: list(METHODS).index(kr[0][1]))
+                    if d == ds]
+            if not rows:
+                continue
+            n = sum(rows[0][1]["gold"])
+            for label, counts in [("gold", rows[0][1]["gold"])] + [(m, pos["picked"]) for m, pos in rows]:
+                shares = [f"{100 * c / n:.0f}" for c in counts] + ["—"] * (5 - len(counts))
+                lines.append(f"| {ds} | {label} | " + " | ".join(shares[:5]) + " |")
     lines += ["", "| dataset | method | wall | command |", "|---|---|---|---|"]
     for (ds, m), r in sorted(res.items()):
         lines.append(f"| {ds} | {m} | {r['wall_s'] // 60}m{r['wall_s'] % 60:02d}s | `{r['command']}` |")

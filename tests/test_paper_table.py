@@ -48,3 +48,9 @@ def test_cell_commands_share_the_budget_and_differ_only_in_method():
     assert "teachers=[]" in cmds["ft-answer"] and "student.lora=true" in cmds["lora-answer"]
     assert "llama-2-7b" not in " ".join(cmds["step-by-step"]) and "llama-2-7b" in " ".join(cmds["tinyllm"])
     assert not any(a.startswith("data.max_train") for a in paper_table.command("arc", "tinyllm"))  # full split
+
+
+def test_positions_count_picks_and_gold(tmp_path):
+    preds = [{"gold": 0, "loglik": 2}, {"gold": 1, "loglik": 2}, {"gold": 0, "loglik": 0}]
+    (tmp_path / "eval_predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    assert paper_table.positions(tmp_path) == {"picked": [1, 0, 2], "gold": [2, 1, 0]}
