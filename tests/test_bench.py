@@ -87,3 +87,26 @@ bench: {{limit: 4, threads: 1, warmup: 0, timeout_s: 20}}
     table = (tmp_path / "run" / "bench" / "report.md").read_text()
     assert "**timed out after 20s**" in table and "**crashed" in table
     assert (tmp_path / "run" / "bench" / "accuracy_vs_latency.png").stat().st_size > 1000
+
+
+def test_torch_runner_greedy_matches_generate(tiny_bpe_student):
+    """The bench's own greedy loop (prompt pass keeping only the last logits, then one token at a time
+    over the cache) produces what transformers' greedy generate does."""
+    import torch
+    import transformers
+
+    from bench.runners import HFRunner
+
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_bpe_student)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_bpe_student).eval()
+    runner = HFRunner(model, tok)
+    assert runner._last_logits_only == {"logits_to_keep": 1}
+    prompt = "Question: which is a metal?\npredict: Answer:"
+    enc = tok(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        ref = model.generate(**enc, max_new_tokens=8, do_sample=False, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)
+    expected = tok.decode(ref[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    timed = runner.answer(prompt, 8, [])
+    assert timed.text == expected and timed.prompt_tokens == enc["input_ids"].shape[1]
+    assert expected.strip()  # a random-init model still says something for the comparison to bite on
