@@ -139,6 +139,10 @@ def load_results() -> dict[tuple[str, str], dict]:
             if sum(pos["picked"]) == r["n_test"]:
                 r["positions"] = pos
                 f.write_text(json.dumps(r, indent=2) + "\n")
+        summed = correctness(REPO / f"runs/paper/{r['dataset']}/{r['method']}", "loglik_sum")
+        if r.get("correct_sum") is None and summed and len(summed) == r["n_test"]:
+            r["correct_sum"], r["accuracy_sum"] = summed, summed.count("1") / r["n_test"]
+            f.write_text(json.dumps(r, indent=2) + "\n")
         if not r.get("correct") and correctness(REPO / f"runs/paper/{r['dataset']}/{r['method']}"):
             r["correct"] = correctness(REPO / f"runs/paper/{r['dataset']}/{r['method']}")
             if len(r["correct"]) == r["n_test"] and abs(r["correct"].count("1") / r["n_test"] - r["accuracy"]) < 1e-9:
