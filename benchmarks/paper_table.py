@@ -176,7 +176,7 @@ def table() -> str:
     summed = [(k, r) for k, r in sorted(res.items()) if r.get("accuracy_sum") is not None]
     if summed:
         lines += ["", "The same runs scored by summed option log-probability (no length normalisation; recorded "
-                  "for cells run since it was added):", "",
+                  "for cells run, or re-scored with their own command and `--no-mlflow`, since it was added):", "",
                   "| dataset | method | summed log-prob | mean per token (reported) | summed − mean (paired) | p |",
                   "|---|---|---|---|---|---|"]
         for (ds, m), r in summed:
