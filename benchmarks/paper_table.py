@@ -166,13 +166,21 @@ def table() -> str:
         lines.append(f"| {ds} ({n}, {BUDGET[ds] or 'full'}) | " + " | ".join(cells) + " |")
     lines += ["", "Paired differences on the same test questions (points; 95% CI; exact McNemar p):", "",
               "| dataset | comparison | difference | 95% CI | p |", "|---|---|---|---|---|"]
+    comparisons = (("tinyllm", "ft-answer"), ("tinyllm", "step-by-step"), ("tinyllm", "zero-shot"),
+                   ("step-by-step", "ft-answer"), ("ft-answer", "zero-shot"), ("lora-answer", "zero-shot"))
     for ds in datasets:
-        for a, b in (("tinyllm", "ft-answer"), ("tinyllm", "step-by-step"), ("tinyllm", "zero-shot"),
-                     ("step-by-step", "ft-answer"), ("ft-answer", "zero-shot"), ("lora-answer", "zero-shot")):
+        for a, b in comparisons:
             ra, rb = res.get((ds, a)), res.get((ds, b))
             if ra and rb and ra.get("correct") and rb.get("correct"):
                 diff, lo, hi, p = paired(ra["correct"], rb["correct"])
                 lines.append(f"| {ds} | {a} − {b} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |")
+    for a, b in comparisons[:2]:  # the table's question, over every test question of the datasets that have both cells
+        both = [ds for ds in datasets if all((res.get((ds, m)) or {}).get("correct") for m in (a, b))]
+        if len(both) > 1:
+            diff, lo, hi, p = paired("".join(res[(ds, a)]["correct"] for ds in both),
+                                     "".join(res[(ds, b)]["correct"] for ds in both))
+            lines.append(f"| pooled: {' + '.join(both)} | {a} − {b} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+                         f"| {p:.3f} |")
     summed = [(k, r) for k, r in sorted(res.items()) if r.get("accuracy_sum") is not None]
     if summed:
         lines += ["", "The same runs scored by summed option log-probability (no length normalisation; recorded "

@@ -54,3 +54,16 @@ def test_positions_count_picks_and_gold(tmp_path):
     preds = [{"gold": 0, "loglik": 2}, {"gold": 1, "loglik": 2}, {"gold": 0, "loglik": 0}]
     (tmp_path / "eval_predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
     assert paper_table.positions(tmp_path) == {"picked": [1, 0, 2], "gold": [2, 1, 0]}
+
+
+def test_table_pools_the_question_over_datasets(monkeypatch):
+    cell = lambda ds, m, correct: {"dataset": ds, "method": m, "n_test": len(correct), "accuracy": correct.count("1") / len(correct),
+                                   "correct": correct, "ci95": [0.0, 1.0], "wall_s": 60, "command": "cmd"}
+    res = {("obqa", "tinyllm"): cell("obqa", "tinyllm", "1101"), ("obqa", "ft-answer"): cell("obqa", "ft-answer", "1001"),
+           ("arc", "tinyllm"): cell("arc", "tinyllm", "110"), ("arc", "ft-answer"): cell("arc", "ft-answer", "011"),
+           ("riddlesense", "tinyllm"): cell("riddlesense", "tinyllm", "11")}  # no ft-answer yet: left out of the pool
+    monkeypatch.setattr(paper_table, "load_results", lambda: res)
+    text = paper_table.table()
+    diff, lo, hi, p = paired("1101" + "110", "1001" + "011")
+    assert f"| pooled: obqa + arc | tinyllm − ft-answer | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |" in text
+    assert "| riddlesense (2, 2000) | — | — | — | — | 100.0 [0.0–100.0] |" in text
