@@ -167,7 +167,8 @@ def table() -> str:
     lines += ["", "Paired differences on the same test questions (points; 95% CI; exact McNemar p):", "",
               "| dataset | comparison | difference | 95% CI | p |", "|---|---|---|---|---|"]
     comparisons = (("tinyllm", "ft-answer"), ("tinyllm", "step-by-step"), ("tinyllm", "zero-shot"),
-                   ("step-by-step", "ft-answer"), ("ft-answer", "zero-shot"), ("lora-answer", "zero-shot"))
+                   ("step-by-step", "ft-answer"), ("step-by-step", "zero-shot"), ("ft-answer", "zero-shot"),
+                   ("lora-answer", "zero-shot"))
     for ds in datasets:
         for a, b in comparisons:
             ra, rb = res.get((ds, a)), res.get((ds, b))
