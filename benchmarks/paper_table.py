@@ -134,13 +134,13 @@ def load_results() -> dict[tuple[str, str], dict]:
     out = {}
     for f in sorted(RESULTS.glob("*.json")):
         r = json.loads(f.read_text())
-        if not r.get("positions") and positions(REPO / f"runs/paper/{r['dataset']}/{r['method']}"):
-            pos = positions(REPO / f"runs/paper/{r['dataset']}/{r['method']}")
-            if sum(pos["picked"]) == r["n_test"]:
-                r["positions"] = pos
-                f.write_text(json.dumps(r, indent=2) + "\n")
-        summed = correctness(REPO / f"runs/paper/{r['dataset']}/{r['method']}", "loglik_sum")
-        if r.get("correct_sum") is None and summed and len(summed) == r["n_test"]:
+        folder = REPO / f"runs/paper/{r['dataset']}/{r['method']}"
+        pos = None if r.get("positions") else positions(folder)
+        if pos and sum(pos["picked"]) == r["n_test"]:
+            r["positions"] = pos
+            f.write_text(json.dumps(r, indent=2) + "\n")
+        summed = None if r.get("correct_sum") is not None else correctness(folder, "loglik_sum")
+        if summed and len(summed) == r["n_test"]:
             r["correct_sum"], r["accuracy_sum"] = summed, summed.count("1") / r["n_test"]
             f.write_text(json.dumps(r, indent=2) + "\n")
         if not r.get("correct") and correctness(REPO / f"runs/paper/{r['dataset']}/{r['method']}"):
