@@ -66,7 +66,9 @@ def run_cell(dataset: str, method: str) -> dict:
     cmd = command(dataset, method)
     printable = " ".join(c if " " not in c else repr(c) for c in cmd).replace(str(BIN) + "/", ".venv/bin/")
     print(f"[paper] {dataset}/{method}: {printable}", flush=True)
-    if method != "zero-shot" and any((REPO / f"runs/paper/{dataset}/{method}/checkpoints").glob("step-*[0-9]")):
+    done = sorted((REPO / f"runs/paper/{dataset}/{method}/checkpoints").glob("step-*[0-9]"))
+    resumed_from = done[-1].name if method != "zero-shot" and done else None
+    if resumed_from:
         cmd.append("--resume")  # same final weights as an uninterrupted run (tests/test_train.py)
         print(f"[paper] {dataset}/{method}: resuming from its last checkpoint", flush=True)
     start = time.time()
@@ -83,7 +85,8 @@ def run_cell(dataset: str, method: str) -> dict:
               **({"accuracy_sum": summary["accuracy_loglik_sum"],
                   "correct_sum": correctness(REPO / f"runs/paper/{dataset}/{method}", "loglik_sum")}
                  if "accuracy_loglik_sum" in summary else {}),
-              "ci95": wilson(round(acc * n), n), "wall_s": round(time.time() - start), "run_id": summary.get("run_id"),
+              "ci95": wilson(round(acc * n), n), "wall_s": round(time.time() - start),
+              **({"resumed_from": resumed_from} if resumed_from else {}), "run_id": summary.get("run_id"),
               "budget": BUDGET[dataset] or "full", "hardware": f"{platform.machine()}, {os.cpu_count()} cores"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -211,7 +214,10 @@ def table() -> str:
                 lines.append(f"| {ds} | {label} | " + " | ".join(shares[:5]) + " |")
     lines += ["", "| dataset | method | wall | command |", "|---|---|---|---|"]
     for (ds, m), r in sorted(res.items()):
-        lines.append(f"| {ds} | {m} | {r['wall_s'] // 60}m{r['wall_s'] % 60:02d}s | `{r['command']}` |")
+        wall = f"{r['wall_s'] // 60}m{r['wall_s'] % 60:02d}s"
+        if r.get("resumed_from"):  # the sittings before the resume were not timed
+            wall += f" (resumed from {r['resumed_from']}; last sitting only)"
+        lines.append(f"| {ds} | {m} | {wall} | `{r['command']}` |")
     return "\n".join(lines)
 
 
