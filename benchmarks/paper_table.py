@@ -159,10 +159,13 @@ def load_results() -> dict[tuple[str, str], dict]:
 def table() -> str:
     res = load_results()
     datasets = [d for d in BUDGET if any(k[0] == d for k in res)]
-    lines = ["| dataset (n test, train budget) | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+    lines = ["| dataset (n test, train budget) | majority | " + " | ".join(METHODS) + " |",
+             "|---" * (len(METHODS) + 2) + "|"]
     for ds in datasets:
         n = next(r["n_test"] for k, r in res.items() if k[0] == ds)
-        cells = []
+        # The floor any row must clear: always answering the commonest gold option (position).
+        gold = next((r["positions"]["gold"] for k, r in res.items() if k[0] == ds and r.get("positions")), None)
+        cells = [f"{100 * max(gold) / sum(gold):.1f}" if gold else "—"]
         for m in METHODS:
             r = res.get((ds, m))
             cells.append(f"{100 * r['accuracy']:.1f} [{100 * r['ci95'][0]:.1f}–{100 * r['ci95'][1]:.1f}]" if r else "—")

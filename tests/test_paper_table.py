@@ -60,13 +60,14 @@ def test_table_pools_the_question_over_datasets(monkeypatch):
     cell = lambda ds, m, correct: {"dataset": ds, "method": m, "n_test": len(correct), "accuracy": correct.count("1") / len(correct),
                                    "correct": correct, "ci95": [0.0, 1.0], "wall_s": 60, "command": "cmd"}
     res = {("obqa", "tinyllm"): cell("obqa", "tinyllm", "1101"), ("obqa", "ft-answer"): cell("obqa", "ft-answer", "1001"),
-           ("arc", "tinyllm"): cell("arc", "tinyllm", "110"), ("arc", "ft-answer"): cell("arc", "ft-answer", "011"),
+           ("arc", "tinyllm"): {**cell("arc", "tinyllm", "110"), "positions": {"picked": [1, 1, 1], "gold": [2, 1, 0]}}, ("arc", "ft-answer"): cell("arc", "ft-answer", "011"),
            ("riddlesense", "tinyllm"): {**cell("riddlesense", "tinyllm", "11"), "resumed_from": "step-000100"}}
     # riddlesense has no ft-answer yet: it is left out of the pool
     monkeypatch.setattr(paper_table, "load_results", lambda: res)
     text = paper_table.table()
     diff, lo, hi, p = paired("1101" + "110", "1001" + "011")
     assert f"| pooled: obqa + arc | tinyllm − ft-answer | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |" in text
-    assert "| riddlesense (2, 2000) | — | — | — | — | 100.0 [0.0–100.0] |" in text
+    assert "| riddlesense (2, 2000) | — | — | — | — | — | 100.0 [0.0–100.0] |" in text  # no positions: no majority
+    assert "| arc (3, full) | 66.7 | — | — |" in text  # 2 of 3 gold answers are option a
     assert "| arc | tinyllm | 1m00s | `cmd` |" in text  # a cell run in one sitting: its wall time as measured
     assert "| riddlesense | tinyllm | 1m00s (resumed from step-000100; last sitting only) | `cmd` |" in text
