@@ -66,7 +66,8 @@ def run_cell(dataset: str, method: str) -> dict:
     cmd = command(dataset, method)
     printable = " ".join(c if " " not in c else repr(c) for c in cmd).replace(str(BIN) + "/", ".venv/bin/")
     print(f"[paper] {dataset}/{method}: {printable}", flush=True)
-    done = sorted((REPO / f"runs/paper/{dataset}/{method}/checkpoints").glob("step-*[0-9]"))
+    folder = REPO / f"runs/paper/{dataset}/{method}"
+    done = sorted((folder / "checkpoints").glob("step-*[0-9]"))
     resumed_from = done[-1].name if method != "zero-shot" and done else None
     if resumed_from:
         cmd.append("--resume")  # same final weights as an uninterrupted run (tests/test_train.py)
@@ -80,10 +81,9 @@ def run_cell(dataset: str, method: str) -> dict:
 
     n, acc = summary["n"], summary["accuracy_loglik"]
     result = {"dataset": dataset, "method": method, "command": printable, "n_test": n, "accuracy": acc,
-              "correct": correctness(REPO / f"runs/paper/{dataset}/{method}"),
-              "positions": positions(REPO / f"runs/paper/{dataset}/{method}"),
+              "correct": correctness(folder), "positions": positions(folder),
               **({"accuracy_sum": summary["accuracy_loglik_sum"],
-                  "correct_sum": correctness(REPO / f"runs/paper/{dataset}/{method}", "loglik_sum")}
+                  "correct_sum": correctness(folder, "loglik_sum")}
                  if "accuracy_loglik_sum" in summary else {}),
               "ci95": wilson(round(acc * n), n), "wall_s": round(time.time() - start),
               **({"resumed_from": resumed_from} if resumed_from else {}), "run_id": summary.get("run_id"),
@@ -146,8 +146,9 @@ def load_results() -> dict[tuple[str, str], dict]:
         if summed and len(summed) == r["n_test"]:
             r["correct_sum"], r["accuracy_sum"] = summed, summed.count("1") / r["n_test"]
             f.write_text(json.dumps(r, indent=2) + "\n")
-        if not r.get("correct") and correctness(REPO / f"runs/paper/{r['dataset']}/{r['method']}"):
-            r["correct"] = correctness(REPO / f"runs/paper/{r['dataset']}/{r['method']}")
+        correct = None if r.get("correct") else correctness(folder)
+        if correct:
+            r["correct"] = correct
             if len(r["correct"]) == r["n_test"] and abs(r["correct"].count("1") / r["n_test"] - r["accuracy"]) < 1e-9:
                 f.write_text(json.dumps(r, indent=2) + "\n")
             else:

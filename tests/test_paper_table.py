@@ -60,7 +60,8 @@ def test_table_pools_the_question_over_datasets(monkeypatch):
     cell = lambda ds, m, correct: {"dataset": ds, "method": m, "n_test": len(correct), "accuracy": correct.count("1") / len(correct),
                                    "correct": correct, "ci95": [0.0, 1.0], "wall_s": 60, "command": "cmd"}
     res = {("obqa", "tinyllm"): cell("obqa", "tinyllm", "1101"), ("obqa", "ft-answer"): cell("obqa", "ft-answer", "1001"),
-           ("arc", "tinyllm"): {**cell("arc", "tinyllm", "110"), "positions": {"picked": [1, 1, 1], "gold": [2, 1, 0]}}, ("arc", "ft-answer"): cell("arc", "ft-answer", "011"),
+           ("arc", "tinyllm"): {**cell("arc", "tinyllm", "110"), "positions": {"picked": [1, 1, 1], "gold": [2, 1, 0]}},
+           ("arc", "ft-answer"): cell("arc", "ft-answer", "011"),
            ("riddlesense", "tinyllm"): {**cell("riddlesense", "tinyllm", "11"), "resumed_from": "step-000100"}}
     # riddlesense has no ft-answer yet: it is left out of the pool
     monkeypatch.setattr(paper_table, "load_results", lambda: res)
