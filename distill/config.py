@@ -135,6 +135,15 @@ class TrainConfig:
     """Checkpoint every N steps for --resume (0 = never)."""
     seed: int = 0
     eval_method: Literal["loglik", "generate", "both"] = "both"
+    """loglik: option log-likelihood (fast, one forward per question); generate: greedy answer, scored
+    by exact match to the gold option's text (the paper's metric, slower); both."""
+    epoch_eval: bool = False
+    """At the end of every epoch, save the student and evaluate it on data.eval_split and
+    data.test_split; the saved student is then the epoch best on data.eval_split (`select_by`).
+    The test split is only reported, never used to choose. Curves go to epochs.json and MLflow."""
+    select_by: Literal["loglik", "loglik_sum", "em", "generate"] = "em"
+    """With epoch_eval: the eval-split accuracy that picks the epoch (em = the paper's exact match;
+    needs eval_method generate or both; loglik needs loglik or both)."""
 
 
 @dataclass
@@ -391,6 +400,28 @@ def validate(cfg: Config) -> None:
         raise UserError("train.batch_size and train.grad_accum must be at least 1.")
     if cfg.rationales.k_shot < 0:
         raise UserError("rationales.k_shot must be >= 0.")
+    tc = cfg.train
+    if not tc.lr > 0:
+        raise UserError(f"train.lr must be a positive number, got {tc.lr}; the paper uses 5e-5.")
+    if not tc.epochs > 0:
+        raise UserError(f"train.epochs must be above 0, got {tc.epochs}; use `tinyllm-distill eval` to score a model "
+                        "without training.")
+    if tc.max_steps is not None and tc.max_steps < 1:
+        raise UserError(f"train.max_steps must be at least 1 (or null for all epochs), got {tc.max_steps}.")
+    for key in ("micro_batch_tokens", "max_length", "log_every"):
+        if getattr(tc, key) < 1:
+            raise UserError(f"train.{key} must be at least 1, got {getattr(tc, key)}.")
+    for key in ("eval_every", "save_every"):
+        if getattr(tc, key) < 0:
+            raise UserError(f"train.{key} must be >= 0 (0 = off), got {getattr(tc, key)}.")
+    if tc.epoch_eval:
+        if cfg.data.eval_split == cfg.data.test_split:
+            raise UserError(f"train.epoch_eval picks the epoch on data.eval_split, which is the test split "
+                            f"('{cfg.data.test_split}') here; set data.eval_split=valid so the test split is only reported.")
+        needs = {"loglik": "loglik", "loglik_sum": "loglik", "em": "generate", "generate": "generate"}[tc.select_by]
+        if tc.eval_method not in (needs, "both"):
+            raise UserError(f"train.select_by={tc.select_by} needs train.eval_method={needs} or both "
+                            f"(it is {tc.eval_method}).")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -87,20 +87,29 @@ def distill(cfg: Config, resume: bool = False, track: bool = True) -> dict:
             if not is_main_process():
                 rationales = json.loads(shared.read_text())
         run.log_params({f"rationales.{t}": len(texts) for t, texts in rationales.items()})
-        result = train_student(cfg, train, rationales, evals, run, resume=resume, log=log)
+        tests = ds.split(cfg.data.test_split)[: cfg.data.max_test] if cfg.train.epoch_eval else None
+        result = train_student(cfg, train, rationales, evals, run, resume=resume, log=log, test_examples=tests)
         if is_main_process() and "student_dir" in result:
             if "eval" in result:
                 (out / "eval_predictions.jsonl").write_text(
                     "".join(json.dumps(p) + "\n" for p in result["eval"]["predictions"]))
                 run.log_artifact(str(out / "eval_predictions.jsonl"), "eval")
+            if "selection" in result:
+                run.log_params({"train.selected_epoch": result["selection"]["selected_epoch"]})
+                run.log_artifact(str(out / "epochs.json"))
             run.log_artifacts(result["student_dir"], "student")
             run.log_artifact(str(out / "resolved_config.yaml"))
             if cfg.tracking.register_as:
                 register_student(run, cfg.tracking.register_as)
         summary = {"student_dir": result.get("student_dir"), "steps": result["steps"], "run_id": run.run_id,
-                   **{k: v for k, v in result.get("eval", {}).items() if k.startswith("accuracy") or k == "n"}}
+                   "split": result.get("eval", {}).get("split", cfg.data.eval_split),
+                   **{k: v for k, v in result.get("eval", {}).items() if k.startswith("accuracy") or k == "n"},
+                   **({"selection": {k: v for k, v in result["selection"].items() if k != "epochs"}}
+                      if "selection" in result else {})}
         if is_main_process():
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if state.num_processes > 1:
+        state.destroy_process_group()
     return summary
 
 

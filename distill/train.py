@@ -13,6 +13,7 @@ prefix comes after the question (`task_position: after`, the default for decoder
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -229,7 +230,8 @@ def token_losses(model, batch: list[Sample], pad_id: int) -> tuple[torch.Tensor,
         labels = _pad([s.labels for s in batch], -100).to(device)
         dec_in = model.prepare_decoder_input_ids_from_labels(labels=labels.clamp(min=0)) if hasattr(
             model, "prepare_decoder_input_ids_from_labels") else None
-        logits = model(input_ids=ids, attention_mask=(ids != pad_id).long(), decoder_input_ids=dec_in).logits
+        scorer = getattr(model, "_tinyllm_root", None) or model
+        logits = scorer(input_ids=ids, attention_mask=(ids != pad_id).long(), decoder_input_ids=dec_in).logits
         mask = labels != -100
         losses = F.cross_entropy(logits[mask].float(), labels[mask], reduction="none")
     else:
@@ -365,7 +367,7 @@ def micro_batch_plan(model, samples: list[Sample], max_tokens: int, share_prompt
 
 def step_loss_terms(model, samples: list[Sample], pad_id: int, alphas: dict[str, float], max_tokens: int,
                     token_totals: dict[str, int] | None = None, scale: float = 1.0, backward=None,
-                    share_prompt: bool = True, min_passes: int = 0) -> dict[str, float]:
+                    share_prompt: bool = True, min_passes: int = 0, defer_sync=None) -> dict[str, float]:
     """Run one optimizer step's samples; return each task's mean token loss (for logging).
 
     The objective is Σ_t α_t · (Σ target-token loss of task t) / N_t with N_t the task's target
@@ -373,7 +375,8 @@ def step_loss_terms(model, samples: list[Sample], pad_id: int, alphas: dict[str,
     backpropagates its share at once, so memory holds one micro-batch of activations at a time.
     With `share_prompt` (decoder-only students), a question's tasks are packed into one row.
     `min_passes`: run zero-weighted passes up to this many (FSDP needs every process to run the
-    same number of forward/backward passes).
+    same number of forward/backward passes). `defer_sync`: a context (DDP's `no_sync`) that every pass
+    but the last runs in, so gradients are reduced across processes once per step.
     """
     totals = token_totals or count_targets(samples)
     sums = {t: 0.0 for t in totals}
@@ -382,12 +385,13 @@ def step_loss_terms(model, samples: list[Sample], pad_id: int, alphas: dict[str,
     if len(plan) < min_passes:
         filler = plan[:1] or [([Sample("answer", [pad_id, pad_id], [-100, pad_id])],) * 2]
         plan, weights = plan + filler * (min_passes - len(plan)), weights + [0.0] * (min_passes - len(plan))
-    for (mb, flat), weight in zip(plan, weights):
-        loss_sums, _ = (token_losses if flat is mb else packed_token_losses)(model, mb, pad_id)
-        objective = sum(alphas.get(s.task, 0.0) / max(1, totals.get(s.task, 0)) * loss_sums[i]
-                        for i, s in enumerate(flat)) * (scale * weight)
-        if backward is not None:
-            backward(objective)
+    for k, ((mb, flat), weight) in enumerate(zip(plan, weights)):
+        with defer_sync() if defer_sync and k < len(plan) - 1 else contextlib.nullcontext():
+            loss_sums, _ = (token_losses if flat is mb else packed_token_losses)(model, mb, pad_id)
+            objective = sum(alphas.get(s.task, 0.0) / max(1, totals.get(s.task, 0)) * loss_sums[i]
+                            for i, s in enumerate(flat)) * (scale * weight)
+            if backward is not None:
+                backward(objective)
         if weight:
             for i, s in enumerate(flat):
                 sums[s.task] += float(loss_sums[i].detach())
@@ -453,15 +457,27 @@ def generate_answer(model, tok, fmt: PromptFormat, ex: Example, max_new_tokens: 
     return tok.decode(new, skip_special_tokens=True)
 
 
+def exact_match(generated: str, gold: str) -> bool:
+    """The paper's metric: the generated answer's first line is the gold option's text (surrounding
+    whitespace aside). Stricter than `match_option`, which also takes a leading '(b)' or a prefix."""
+    return generated.strip().split("\n")[0].strip() == gold.strip()
+
+
+EVAL_PICKS = {"loglik": ("loglik", "loglik_sum"), "generate": ("generate", "em")}
+
+
 def evaluate(model, tok, fmt: PromptFormat, examples: list[Example], method: str = "both", log=None) -> dict:
     """Accuracy by option log-likelihood and/or generation; per-question predictions included.
 
-    The log-likelihood pick (`loglik`, the reported metric) normalises by option length (mean log-prob
-    per token); `loglik_sum`, the pick by summed log-prob, is recorded beside it so the effect of the
-    normalisation can be read off the same run."""
+    The log-likelihood pick (`loglik`) normalises by option length (mean log-prob per token);
+    `loglik_sum`, the pick by summed log-prob, is recorded beside it so the effect of the
+    normalisation can be read off the same run. Generation is scored twice: `em`, the paper's exact
+    match of the generated text to the gold option's text, and `generate`, the option the text names
+    (its text, a leading '(b)' or a prefix)."""
     was_training = model.training
     model.eval()
-    preds, hits = [], {"loglik": 0, "loglik_sum": 0, "generate": 0}
+    picks = [p for m, ps in EVAL_PICKS.items() if method in (m, "both") for p in ps]
+    preds, hits = [], dict.fromkeys(picks, 0)
     start = time.perf_counter()
     for i, ex in enumerate(examples):
         rec = {"id": ex.id, "gold": ex.answer}
@@ -470,23 +486,29 @@ def evaluate(model, tok, fmt: PromptFormat, examples: list[Example], method: str
             means = [total / max(1, count) for total, count in lps]
             rec["loglik"] = max(range(len(lps)), key=means.__getitem__)
             rec["loglik_sum"] = max(range(len(lps)), key=lambda j: lps[j][0])
-            hits["loglik"] += rec["loglik"] == ex.answer
-            hits["loglik_sum"] += rec["loglik_sum"] == ex.answer
         if method in ("generate", "both"):
             rec["generated"] = generate_answer(model, tok, fmt, ex)
             rec["generate"] = match_option(rec["generated"], ex.choices)
-            hits["generate"] += rec["generate"] == ex.answer
+            rec["em"] = int(exact_match(rec["generated"], ex.answer_text))
+        for pick in picks:
+            hits[pick] += is_correct(rec, pick)
         preds.append(rec)
         if log and (i + 1) % 25 == 0:
             log(f"[eval] {i + 1}/{len(examples)} | {time.perf_counter() - start:.0f}s")
     if was_training:
         model.train()
     n = len(examples)
-    result = {"n": n, "predictions": preds}
-    for m in ("loglik", "loglik_sum", "generate"):
-        if method in (m.split("_")[0], "both"):
-            result[f"accuracy_{m}"] = hits[m] / n if n else 0.0
-    return result
+    return {"n": n, "predictions": preds, **{f"accuracy_{p}": hits[p] / n if n else 0.0 for p in picks}}
+
+
+def is_correct(rec: dict, pick: str) -> bool:
+    """Whether a prediction record's pick ('loglik', 'loglik_sum', 'generate' or 'em') is right."""
+    return rec[pick] == 1 if pick == "em" else rec[pick] == rec["gold"]
+
+
+def correct_string(result: dict, pick: str) -> str:
+    """Per question, in order: '1' where the pick was right, else '0' (compact, for paired tests)."""
+    return "".join("1" if is_correct(p, pick) else "0" for p in result["predictions"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,8 +535,7 @@ def save_checkpoint(folder: Path, model_state: dict, optimizer_state: dict, sche
     save_file(state, str(tmp / "model.safetensors"))
     torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
-                **({"scaler": scaler.state_dict()} if scaler is not None else {})}, tmp / "rng.pt")
+    torch.save({**rng_states(), **({"scaler": scaler.state_dict()} if scaler is not None else {})}, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step}))
     if folder.exists():
         shutil.rmtree(folder)
@@ -524,8 +545,17 @@ def save_checkpoint(folder: Path, model_state: dict, optimizer_state: dict, sche
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = sorted((out_dir / "checkpoints").glob("step-*[0-9]"))
+    """The newest complete checkpoint. A checkpoint is written as `step-N.tmp` and renamed when whole,
+    so a `.tmp` folder is what a kill during the write left, never a checkpoint."""
+    found = sorted(c for c in (out_dir / "checkpoints").glob("step-*[0-9]") if (c / "state.json").exists())
     return found[-1] if found else None
+
+
+def remove_partial_checkpoints(out_dir: Path) -> list[Path]:
+    partial = sorted((out_dir / "checkpoints").glob("step-*.tmp"))
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True)
+    return partial
 
 
 def load_checkpoint(folder: Path, model, optimizer, scheduler, sharded: bool = False, scaler=None) -> int:
@@ -545,11 +575,34 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, sharded: bool = F
         optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     rng = torch.load(folder / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    random.setstate(_tuples(rng["python"]))
+    set_rng_states(rng)
     if scaler is not None and "scaler" in rng:
         scaler.load_state_dict(rng["scaler"])
     return json.loads((folder / "state.json").read_text())["step"]
+
+
+def rng_states() -> dict:
+    """Every random generator a run draws from: torch's CPU and (when present) CUDA ones, Python's
+    and NumPy's — as tensors and plain containers, so the file loads with weights_only=True."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
+
+
+def set_rng_states(rng: dict) -> None:
+    import numpy as np
+
+    torch.set_rng_state(rng["torch"])
+    random.setstate(_tuples(rng["python"]))
+    if "numpy" in rng:  # checkpoints written before NumPy's state was saved have none
+        n = rng["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _tuples(x):
@@ -580,6 +633,20 @@ def shard_student(model) -> None:
         object.__setattr__(model, "_tinyllm_root", root)  # not a submodule: no cycle in named_modules()
 
 
+def replicate_student(model, device):
+    """Data parallelism with torch's DistributedDataParallel: gradients are bucketed and reduced while
+    the backward pass runs. DDP wraps the module the loss goes through (TargetLogits for decoder-only
+    students, the model itself for T5) and becomes the student's root, as with FSDP. Buffers are not
+    broadcast: evaluation runs the root on the main process alone."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    root = DistributedDataParallel(model if is_seq2seq(model) else TargetLogits(model), device_ids=ids,
+                                   broadcast_buffers=False)
+    object.__setattr__(model, "_tinyllm_root", root)  # not a submodule: no cycle in named_modules()
+    return root
+
+
 def load_saved_student(folder: Path, device):
     import transformers
 
@@ -589,7 +656,8 @@ def load_saved_student(folder: Path, device):
 
 
 def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict[str, str]],
-                  eval_examples: list[Example], run, resume: bool = False, log=print) -> dict:
+                  eval_examples: list[Example], run, resume: bool = False, log=print,
+                  test_examples: list[Example] | None = None) -> dict:
     """Train the student on the answer task plus one rationale task per teacher; save it; evaluate it.
 
     Distributed: launched by torchrun/accelerate, each process takes its share of every step's
@@ -611,8 +679,9 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
         raise UserError("train.sharding=fsdp is for full fine-tuning; LoRA students train with train.sharding=none.")
     if sharded and tc.precision == "fp16":
         raise UserError("train.sharding=fsdp runs in fp32 or bf16; set train.precision=bf16.")
-    if sharded and tc.eval_every:
-        raise UserError("train.eval_every needs train.sharding=none; with fsdp the student is evaluated after training.")
+    if sharded and (tc.eval_every or tc.epoch_eval):
+        raise UserError("train.eval_every and train.epoch_eval need train.sharding=none; with fsdp the student is "
+                        "evaluated after training.")
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     out_dir = Path(cfg.output_dir)
@@ -623,8 +692,11 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     n_params = sum(p.numel() for p in model.parameters())
+    root = None
     if sharded:
         shard_student(model)
+    elif world > 1:
+        root = replicate_student(model, acc.device)
     low = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tc.precision]
     scaler = torch.amp.GradScaler(acc.device.type) if tc.precision == "fp16" else None
     fmt = prompt_format(cfg.student, model)
@@ -644,13 +716,34 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = transformers.get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total), total)
     start_step = 0
+    partial = remove_partial_checkpoints(out_dir) if main else []
+    if main and partial:
+        log(f"[train] removed {len(partial)} partial checkpoint(s) a killed run left: {', '.join(p.name for p in partial)}")
+    if world > 1:
+        dist.barrier()
     if resume:
         ckpt = latest_checkpoint(out_dir)
-        if ckpt is None:
+        if ckpt is None and not partial:
             raise UserError(f"--resume: no checkpoint under {out_dir / 'checkpoints'}; set train.save_every to make them.")
-        start_step = load_checkpoint(ckpt, model, optimizer, scheduler, sharded, scaler)
-        if main:
-            log(f"[train] resumed from {ckpt} at step {start_step}/{total}")
+        if ckpt is None:
+            resume = False
+            if main:
+                log("[train] --resume: the only checkpoint was partial (killed while being written); starting from step 0")
+        else:
+            start_step = load_checkpoint(ckpt, model, optimizer, scheduler, sharded, scaler)
+            if main:
+                log(f"[train] resumed from {ckpt} at step {start_step}/{total}")
+
+    epochs = None
+    if tc.epoch_eval and main:
+        from distill.epochs import EpochEvaluator
+
+        epochs = EpochEvaluator(out_dir, tok, fmt, eval_examples, test_examples or [], tc.eval_method, tc.select_by,
+                                run, log, resume_step=start_step if resume else None)
+        if start_step and start_step % steps_per_epoch == 0 and not epochs.done(start_step):
+            epochs.end_of_epoch(model, start_step / steps_per_epoch, start_step)  # cut short before the kill
+    if tc.epoch_eval and world > 1:
+        dist.barrier()
 
     run.log_params({"student.identity": identity, "student.parameters": n_params,
                     "student.trainable_parameters": sum(p.numel() for p in params), "train.total_steps": total,
@@ -674,7 +767,7 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
         if world > 1:
             dist.all_reduce(totals_t)
         totals = {t: int(v) for t, v in zip(tasks, totals_t.tolist()) if v > 0}
-        passes = 0
+        passes = 1 if root is not None else 0  # DDP: a process with no question this step still joins the reduction
         if sharded:  # every process must run the same number of passes: pad with zero-weighted ones
             passes_t = torch.tensor([float(len(micro_batch_plan(model, step_samples, tc.micro_batch_tokens, tc.share_prompt)))])
             dist.all_reduce(passes_t, op=dist.ReduceOp.MAX)
@@ -682,19 +775,14 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(acc.device.type, dtype=low or torch.float32, enabled=low is not None):
             # Each process's objective is its share of the global one, so gradients are summed across
-            # processes: by hand for data parallelism, by FSDP's reduce-scatter (which averages: x world).
+            # processes; DDP's all-reduce and FSDP's reduce-scatter average them, hence x world.
             terms = step_loss_terms(model, step_samples, tok.pad_token_id, alphas, tc.micro_batch_tokens,
-                                    token_totals=totals, scale=world if sharded else 1.0, min_passes=passes,
+                                    token_totals=totals, scale=world, min_passes=passes,
                                     backward=lambda loss: (scaler.scale(loss) if scaler else loss).backward(),
-                                    share_prompt=tc.share_prompt)
+                                    share_prompt=tc.share_prompt, defer_sync=root.no_sync if root else None)
         terms_t = torch.tensor([terms.get(t, 0.0) for t in tasks])
         if world > 1:
             dist.all_reduce(terms_t)
-        if world > 1 and not sharded:
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
         terms = {t: v for t, v in zip(tasks, terms_t.tolist()) if t in totals}
         if scaler is not None:
             scaler.unscale_(optimizer)
@@ -728,11 +816,18 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
             run.log_metrics({"loss": loss, **{f"loss_{t}": v for t, v in terms.items()}, "lr": lr,
                              "tokens_per_s": tps, "epoch": step / steps_per_epoch}, step=done)
         history.append({"step": done, "loss": loss, **{f"loss_{t}": v for t, v in terms.items()}})
-        if tc.save_every and done % tc.save_every == 0 and done < total:
+        epoch_end = tc.epoch_eval and (done % steps_per_epoch == 0 or done == total)
+        # At an epoch's end the checkpoint comes before the evaluation, so a kill during it resumes there.
+        if tc.save_every and ((done % tc.save_every == 0 and done < total) or epoch_end):
             model_state, optimizer_state = full_states(model, optimizer, sharded)
             if main:
                 save_checkpoint(out_dir / "checkpoints" / f"step-{done:06d}", model_state, optimizer_state, scheduler, done,
                                 scaler=scaler)
+            if world > 1:
+                dist.barrier()
+        if epoch_end:
+            if main:
+                epochs.end_of_epoch(model, round(done / steps_per_epoch, 3), done)
             if world > 1:
                 dist.barrier()
         if tc.eval_every and done % tc.eval_every == 0 and done < total and eval_examples:
@@ -747,6 +842,11 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
     final_state = full_states(model, optimizer, True)[0] if sharded else None
     if main:
         student_dir = out_dir / "student"
+        chosen = None
+        if epochs is not None:
+            chosen = epochs.restore_best(model)
+            log(f"[epoch-eval] the student is epoch {chosen['epoch']:g} (step {chosen['step']}), best on "
+                f"{cfg.data.eval_split} by accuracy_{tc.select_by}")
         final = model.merge_and_unload() if cfg.student.lora else model
         if sharded:  # save the gathered weights, then evaluate an unsharded copy on this process alone
             if getattr(final.config, "tie_word_embeddings", False):  # as save_pretrained does for a whole model
@@ -759,7 +859,14 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
         tok.save_pretrained(student_dir)
         fmt.save(student_dir)
         result["student_dir"] = str(student_dir)
-        if eval_examples:
+        if chosen is not None:  # already scored at its epoch: report its test split, chosen on the eval split
+            result["eval"] = {**chosen["test"], "split": cfg.data.test_split,
+                              "predictions": epochs.predictions(chosen["step"], "test")}
+            result["selection"] = epochs.summary()
+            log("[eval] selected epoch on the test split: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in chosen["test"].items() if k.startswith("accuracy"))
+                + f" on {chosen['test']['n']} questions")
+        elif eval_examples:
             res = evaluate(final, tok, fmt, eval_examples, tc.eval_method, log=log)
             result["eval"] = res
             run.log_metrics({f"eval_{k}": v for k, v in res.items() if k.startswith("accuracy")}, step=total)

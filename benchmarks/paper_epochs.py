@@ -1,0 +1,172 @@
+"""The paper's claim under a longer protocol: several epochs, every epoch scored on validation and test,
+the student chosen on validation (tests/test_epochs.py covers the mechanism).
+
+    .venv/bin/python benchmarks/paper_epochs.py --cells obqa/ft-answer,obqa/tinyllm   # run (resumable)
+    .venv/bin/python benchmarks/paper_epochs.py --table --write                     # md section + curve PNGs
+
+A cell is dataset/method[/variant]: method as in paper_table.py; variants: `a<α>` (every teacher's α),
+`filtered` (rationales.keep_rejected=false), `s<seed>`. Each cell is one `tinyllm-distill run` with
+`train.epoch_eval=true` (printed and stored with its result); a finished cell (its JSON exists) is
+skipped, a killed one resumes from its last checkpoint (every 25 steps and at each epoch's end).
+Headline: the test accuracy at the epoch best on *validation* by exact match of the generated answer
+(the paper's metric); the log-likelihood pick, chosen on validation the same way, is shown beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from paper_table import BIN, BUDGET, METHODS, paired  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "paper_epochs"
+EPOCHS = 4
+PICKS = ("em", "loglik")  # the headline first
+
+
+def command(cell: str) -> list[str]:
+    dataset, method, *variants = cell.split("/")
+    overrides = list(METHODS[method] or [])
+    for v in variants:
+        if v.startswith("a"):
+            overrides += [f"teachers.{i}.alpha={v[1:]}" for i in range(2 if method == "tinyllm" else 1)]
+        elif v == "filtered":
+            overrides.append("rationales.keep_rejected=false")
+        elif v.startswith("s"):
+            overrides.append(f"train.seed={v[1:]}")
+        else:
+            raise SystemExit(f"unknown variant {v!r} in {cell}: use a<alpha>, filtered or s<seed>")
+    return [str(BIN / "tinyllm-distill"), "run", f"configs/paper/{dataset}.yaml", *overrides,
+            "student.model=smollm2-135m-instruct", "student.architecture=auto", "student.task_position=after",
+            "train.batch_size=8", f"train.epochs={EPOCHS}", "train.epoch_eval=true", "train.eval_method=both",
+            "train.select_by=em", "data.eval_split=valid", "train.save_every=25",
+            *([f"data.max_train={BUDGET[dataset]}"] if BUDGET[dataset] else []),
+            f"output_dir=runs/paper-epochs/{cell}", f"tracking.experiment=tinyllm-paper-epochs-{dataset}",
+            f"tracking.tags.cell={cell}"]
+
+
+def run_cell(cell: str) -> dict:
+    out = RESULTS / (cell.replace("/", "-") + ".json")
+    if out.exists():
+        print(f"[epochs] {cell}: done earlier, skipped", flush=True)
+        return json.loads(out.read_text())
+    cmd = command(cell)
+    printable = " ".join(c if " " not in c else repr(c) for c in cmd).replace(str(BIN) + "/", ".venv/bin/")
+    print(f"[epochs] {cell}: {printable}", flush=True)
+    folder = REPO / "runs" / "paper-epochs" / cell
+    resumed_from = None
+    if sorted((folder / "checkpoints").glob("step-*[0-9]")):
+        resumed_from = sorted((folder / "checkpoints").glob("step-*[0-9]"))[-1].name
+        cmd.append("--resume")
+    start = time.time()
+    r = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"[epochs] {cell} failed (exit {r.returncode}); re-run to resume this cell.")
+    summary = json.loads(r.stdout)
+    records = json.loads((folder / "epochs.json").read_text())["epochs"]
+    result = {"cell": cell, "command": printable, "epochs": records, "run_id": summary.get("run_id"),
+              "wall_s": round(time.time() - start), **({"resumed_from": resumed_from} if resumed_from else {}),
+              "hardware": f"{platform.machine()}, {os.cpu_count()} cores"}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def selected(result: dict, pick: str) -> dict:
+    """The epoch best on validation by `pick` (earliest on ties), never looking at the test split."""
+    return max(result["epochs"], key=lambda r: (r["valid"][f"accuracy_{pick}"], -r["step"]))
+
+
+def load() -> dict[str, dict]:
+    return {json.loads(f.read_text())["cell"]: json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))}
+
+
+def table() -> str:
+    res = load()
+    lines = ["| cell | epochs | chosen epoch (valid EM) | valid EM | **test EM** | chosen epoch (valid loglik) "
+             "| test loglik | test EM, last epoch | wall |", "|---|---|---|---|---|---|---|---|---|"]
+    for cell, r in res.items():
+        em, ll, last = selected(r, "em"), selected(r, "loglik"), r["epochs"][-1]
+        wall = f"{r['wall_s'] // 60}m" + (f" (resumed from {r['resumed_from']})" if r.get("resumed_from") else "")
+        lines.append(f"| {cell} | {len(r['epochs'])} | {em['epoch']:g} | {100 * em['valid']['accuracy_em']:.1f} "
+                     f"| **{100 * em['test']['accuracy_em']:.1f}** | {ll['epoch']:g} | {100 * ll['test']['accuracy_loglik']:.1f} "
+                     f"| {100 * last['test']['accuracy_em']:.1f} | {wall} |")
+    pairs = [(a, b) for a in res for b in res if a.split("/")[0] == b.split("/")[0] and "/ft-answer" in b
+             and "/ft-answer" not in a]
+    if pairs:
+        lines += ["", "Paired differences on the test split at each cell's validation-chosen epoch (points; 95% CI; "
+                  "exact McNemar p):", "", "| comparison | metric | difference | 95% CI | p |", "|---|---|---|---|---|"]
+        for a, b in pairs:
+            for pick in PICKS:
+                ca, cb = selected(res[a], pick)["test_correct"][pick], selected(res[b], pick)["test_correct"][pick]
+                diff, lo, hi, p = paired(ca, cb)
+                lines.append(f"| {a} − {b} | {pick} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |")
+    lines += ["", "| cell | command |", "|---|---|"] + [f"| {c} | `{r['command']}` |" for c, r in res.items()]
+    return "\n".join(lines)
+
+
+def plot(dataset: str) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = {c: r for c, r in load().items() if c.split("/")[0] == dataset}
+    if not res:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+    for ax, pick in zip(axes, PICKS):
+        for i, (cell, r) in enumerate(res.items()):
+            xs = [e["epoch"] for e in r["epochs"]]
+            color = f"C{i}"
+            ax.plot(xs, [100 * e["valid"][f"accuracy_{pick}"] for e in r["epochs"]], "--o", color=color,
+                    label=f"{cell.split('/', 1)[1]} valid")
+            ax.plot(xs, [100 * e["test"][f"accuracy_{pick}"] for e in r["epochs"]], "-s", color=color,
+                    label=f"{cell.split('/', 1)[1]} test")
+            best = selected(r, pick)
+            ax.plot([best["epoch"]], [100 * best["test"][f"accuracy_{pick}"]], "*", color=color, markersize=14)
+        ax.set_title(f"{dataset}: {'exact match (paper metric)' if pick == 'em' else 'option log-likelihood'}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M student, 2,000 training questions; ★ = test at the epoch chosen on validation", fontsize=9)
+    fig.tight_layout()
+    out = REPO / "benchmarks" / "results" / f"paper_epochs_{dataset}.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cells", default="obqa/ft-answer,obqa/tinyllm,obqa/step-by-step,riddlesense/ft-answer,"
+                                       "riddlesense/tinyllm,riddlesense/step-by-step")
+    ap.add_argument("--table", action="store_true", help="Only build the table and plots from finished cells.")
+    ap.add_argument("--write", action="store_true",
+                    help="Put the table into benchmarks/results/paper_table_cpu.md (between its epochs markers).")
+    args = ap.parse_args()
+    if not args.table:
+        for cell in args.cells.split(","):
+            run_cell(cell)
+    text = table()
+    print(text)
+    for ds in sorted({c.split("/")[0] for c in load()}):
+        print(f"[epochs] plot: {plot(ds)}")
+    if args.write:
+        md = REPO / "benchmarks" / "results" / "paper_table_cpu.md"
+        doc = md.read_text()
+        start, end = doc.index("<!-- epochs -->") + len("<!-- epochs -->"), doc.index("<!-- /epochs -->")
+        md.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
+
+
+if __name__ == "__main__":
+    main()
