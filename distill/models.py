@@ -64,6 +64,43 @@ def file_identity(path: Path) -> str:
     return f"{path.name}:{size}:{h.hexdigest()[:16]}"
 
 
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes, remembered per (path, size, mtime) in $TINYLLM_CACHE/hashes.json so a
+    large unchanged file is read once (about 1 GB/s here)."""
+    import json
+
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    store = cache_root() / "hashes.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+        known = {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}|")}
+        known[key] = h.hexdigest()
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f"hashes.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, store)
+    return known[key]
+
+
+def folder_identity(folder: Path) -> str:
+    """A local model folder's identity: its name plus a hash of config.json and of every weight file's
+    content, so two folders of the same shape (every fine-tuned copy of one model) differ, and a
+    folder re-trained in place gets a new identity (and new rationales from the cache)."""
+    weights = sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")])
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for w in weights:
+        h.update(f"{w.name}:{content_hash(w)}".encode())
+    return f"{folder.resolve().name}:{h.hexdigest()[:16]}"
+
+
 # ---------------------------------------------------------------------------------------------
 # GGUF -> transformers. transformers can read GGUF weights, but its tokenizer conversion is wrong
 # for our packaged models (SmolLM2: eos <|im_start|> and a BOS the model never saw; Gemma 3:
@@ -196,9 +233,7 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, dtype=None):
             cfg_file = folder / "config.json"
             if not cfg_file.exists():
                 raise UserError(f"{folder} has no config.json; give a transformers model folder, a .gguf file or a packaged name.")
-            weights = sorted(folder.glob("*.safetensors"))
-            identity = f"{folder.resolve().name}:" + hashlib.sha256(
-                cfg_file.read_bytes() + b"".join(str(w.stat().st_size).encode() for w in weights)).hexdigest()[:16]
+            identity = folder_identity(folder)
     tok = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
                                                               trust_remote_code=trust_remote_code)

@@ -11,7 +11,7 @@ start=$(date +%s)
 
 # A checkpoint newer than the last finished run means the last run was killed: resume it.
 RESUME=()
-latest=$(ls -d "$OUT"/checkpoints/step-* 2>/dev/null | tail -n 1 || true)
+latest=$(ls -d "$OUT"/checkpoints/step-*[0-9] 2>/dev/null | tail -n 1 || true)  # not step-N.tmp: a partial write
 if [ -n "$latest" ] && { [ ! -f "$OUT/summary.json" ] || [ "$latest" -nt "$OUT/summary.json" ]; }; then
   echo "== resuming the interrupted training from $latest"
   RESUME=(--resume)
