@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from distill.cli import user_errors
+from distill import layout
+from distill.errors import user_errors
 
 EXAMPLES = """\b
 examples:
@@ -38,8 +39,8 @@ def main(overrides, config, limit, contestants, threads, student, out, no_mlflow
     if contestants:
         extra.append(f"bench.contestants={json.dumps(contestants.split(','))}")
     cfg = load_config(config, extra)
-    student_dir = Path(student) if student else Path(cfg.output_dir) / "student"
-    out_dir = Path(out) if out else Path(cfg.output_dir) / "bench"
+    student_dir = Path(student) if student else layout.student_dir(cfg.output_dir)
+    out_dir = Path(out) if out else Path(cfg.output_dir) / layout.BENCH
     if dry_run:
         from bench.run import discover
 

@@ -10,12 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from distill import layout
 from distill.config import Config, write_resolved
 from distill.errors import UserError
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from distill.progress import log
 
 
 def _size(path: Path) -> int:
@@ -32,7 +30,7 @@ def discover(cfg: Config, student: Path | None) -> list[dict]:
     if student and (student / "config.json").exists():
         found.append({"name": "student-torch", "kind": "student-torch", "role": "student", "runtime": "torch fp32",
                       "path": str(student), "size_bytes": _size(student)})
-        exports = student.parent / "exports"
+        exports = layout.run_of(student) / layout.EXPORTS
         for d in sorted(exports.glob("*")) if exports.exists() else []:
             parity = d / "parity.json"
             if not parity.exists():
@@ -163,24 +161,30 @@ def bench(cfg: Config, student: Path | None, out: Path, track: bool = True) -> d
     if not contestants:
         raise UserError("no contestants: train a student (tinyllm-distill run) or configure teachers with a model backend.")
     ds = load_dataset(cfg.data.name, cfg.data.path)
-    n_questions = len(ds.split(cfg.data.test_split)[: cfg.bench.limit])
+    questions = ds.split(cfg.data.test_split)[: cfg.bench.limit]
+    n_questions = len(questions)
     log(f"[bench] {len(contestants)} contestant(s) on {n_questions} questions of {ds.name}/{cfg.data.test_split}, "
         f"{cfg.bench.threads} threads, {cfg.bench.warmup} warm-up question(s)")
-    results = []
-    for c in contestants:
-        c["threads"] = cfg.bench.threads
-        log(f"[bench] {c['name']} ({c['runtime']})")
-        results.append(run_contestant(c, cfg_file, out, student, cfg.bench.timeout_s))
-    meta = {"dataset": ds.name, "split": cfg.data.test_split, "questions": n_questions, "threads": cfg.bench.threads,
-            "warmup": cfg.bench.warmup, "hardware": hardware(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "method": ("Each contestant runs in its own process with a fixed thread count; after warm-up questions "
-                       "(not timed), every test question is answered once, greedily, and timed: latency figures are "
-                       "medians/p95 over those timed questions. Students answer with their answer prefix (exact match "
-                       "to an option text); teachers answer zero-shot chain-of-thought, parsed for 'the answer is (x)' "
-                       "or the option they name last. Log-likelihood accuracy scores each option's mean token log-prob.")}
-    report = write_report(results, meta, out)
-    if track:
-        log_bench_run(cfg, report, out, student)
+    from distill.tracking import mlflow_run
+
+    # The MLflow run spans the bench itself, so the UI shows how long it took.
+    with mlflow_run(cfg, "bench", run_name=f"bench-{ds.name}", tags=bench_tags(ds.name, student), enabled=track) as run:
+        run.log_dataset(ds, cfg.data.test_split, questions, "evaluation")
+        results = []
+        for c in contestants:
+            c["threads"] = cfg.bench.threads
+            log(f"[bench] {c['name']} ({c['runtime']})")
+            results.append(run_contestant(c, cfg_file, out, student, cfg.bench.timeout_s))
+        meta = {"dataset": ds.name, "split": cfg.data.test_split, "questions": n_questions, "threads": cfg.bench.threads,
+                "warmup": cfg.bench.warmup, "hardware": hardware(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "method": ("Each contestant runs in its own process with a fixed thread count; after warm-up questions "
+                           "(not timed), every test question is answered once, greedily, and timed: latency figures are "
+                           "medians/p95 over those timed questions. Students answer with their answer prefix (exact "
+                           "match to an option text); teachers answer zero-shot chain-of-thought, parsed for 'the answer "
+                           "is (x)' or the option they name last. Log-likelihood accuracy scores each option's mean token "
+                           "log-prob.")}
+        report = write_report(results, meta, out)
+        log_bench_metrics(run, report, out)
     return report
 
 
@@ -196,21 +200,22 @@ def hardware() -> str:
     return f"{cpu}; {os.cpu_count()} logical cores; {platform.system()} {platform.release()}"
 
 
-def log_bench_run(cfg: Config, report: dict, out: Path, student: Path | None) -> None:
-    from distill.tracking import mlflow_run
-
-    tags = {"tinyllm.dataset": report["meta"]["dataset"]}
-    summary = student.parent / "summary.json" if student else None
+def bench_tags(dataset: str, student: Path | None) -> dict:
+    tags = {"tinyllm.dataset": dataset}
+    summary = layout.run_of(student) / layout.SUMMARY if student else None
     if summary and summary.exists():
         run_id = json.loads(summary.read_text()).get("run_id")
         if run_id:
             tags["tinyllm.distill_run_id"] = run_id
-    with mlflow_run(cfg, "bench", run_name=f"bench-{report['meta']['dataset']}", tags=tags) as run:
-        for r in report["contestants"]:
-            key = r["name"].replace(":", "_")
-            metrics = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                       and k in ("accuracy_generate", "accuracy_loglik", "p50_s", "p95_s", "ttft_p50_s", "decode_tok_s_p50",
-                                 "prompt_tok_s_p50", "peak_rss_mb", "size_bytes", "speedup_vs_largest_teacher")}
-            run.log_metrics({f"{key}.{k}": v for k, v in metrics.items() if not math.isnan(v)})
-            run.set_tags({f"tinyllm.bench.{key}.status": r["status"]})
-        run.log_artifacts(str(out), "bench")
+    return tags
+
+
+def log_bench_metrics(run, report: dict, out: Path) -> None:
+    for r in report["contestants"]:
+        key = r["name"].replace(":", "_")
+        metrics = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and k in ("accuracy_generate", "accuracy_loglik", "p50_s", "p95_s", "ttft_p50_s", "decode_tok_s_p50",
+                             "prompt_tok_s_p50", "peak_rss_mb", "size_bytes", "speedup_vs_largest_teacher")}
+        run.log_metrics({f"{key}.{k}": v for k, v in metrics.items() if not math.isnan(v)})
+        run.set_tags({f"tinyllm.bench.{key}.status": r["status"]})
+    run.log_artifacts(str(out), "bench")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 def parse_teacher_answer(text: str, choices: tuple[str, ...]) -> int | None:
     """A CoT answer: its last "the answer is (x)", else the option whose text it names last."""
-    from distill.rationales import stated_answer
+    from distill.paper import stated_answer
 
     stated = stated_answer(text)
     if stated is not None and stated < len(choices):
@@ -36,7 +36,7 @@ def build_runner(spec: dict, threads: int):
         import torch
 
         from distill.config import StudentConfig
-        from distill.train import load_student
+        from distill.student import load_student
 
         torch.set_num_threads(threads)
         model, tok, _ = load_student(StudentConfig(model=spec["path"]))
@@ -80,8 +80,8 @@ def main(spec_file: str) -> None:
     from distill.config import load_config
     from distill.data import load_dataset
     from distill.prompts import render_question
-    from distill.rationales import Progress
-    from distill.train import PromptFormat, match_option
+    from distill.progress import Progress, log
+    from distill.student import PromptFormat, match_option
 
     spec = json.loads(Path(spec_file).read_text())
     cfg = load_config(spec["config"])
@@ -103,8 +103,7 @@ def main(spec_file: str) -> None:
 
     for ex in questions[: cfg.bench.warmup]:
         ask(ex)
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    progress = Progress(f"bench {spec['name']}", len(questions), log)
+    progress = Progress(f"bench {spec['name']}", len(questions), log, unit="questions")
     with open(out / "predictions.jsonl", "w") as fh:
         for ex in questions:
             t = ask(ex)

@@ -36,8 +36,9 @@ sys.path.insert(0, str(REPO))
 def setup(args):
     from distill.config import StudentConfig
     from distill.data import load_dataset
-    from distill.rationales import load_paper_rationales
-    from distill.train import PromptFormat, build_samples, load_student
+    from distill.paper import load_paper_rationales
+    from distill.batching import build_samples
+    from distill.student import PromptFormat, load_student
 
     ds = load_dataset("tinyllm-obqa", args.data)
     train = ds.split("train")[: args.questions]
@@ -56,7 +57,7 @@ def steps_of(per_q, batch_size):
 
 
 def run_tinyllm(args) -> dict:
-    from distill.train import step_loss_terms
+    from distill.batching import step_loss_terms
 
     model, tok, per_q = setup(args)
     model.train()

@@ -1,18 +1,17 @@
 """`tinyllm-distill`: thin CLI over the distill stage. Parse, validate, call one function."""
 from __future__ import annotations
 
-import functools
 import json
 import math
-import sys
 
 import click
 
-from distill.errors import UserError
+from distill.errors import UserError, user_errors
 
 EXAMPLES = """\b
 examples:
   tinyllm-distill run configs/quickstart.yaml --dry-run
+  tinyllm-distill config configs/quickstart.yaml        # every key, its value and what it does
   tinyllm-distill generate configs/quickstart.yaml data.max_train=20
   tinyllm-distill run configs/quickstart.yaml train.save_every=20; tinyllm-distill run configs/quickstart.yaml --resume
   tinyllm-distill eval configs/quickstart.yaml --model runs/quickstart/student
@@ -21,20 +20,6 @@ examples:
   tinyllm-distill data tinyllm-arc --path ../shared/data/arc
   tinyllm-distill data --list
 """
-
-
-def user_errors(fn):
-    """User mistakes end as one sentence on stderr and exit status 2, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 @click.group(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
@@ -112,6 +97,17 @@ def run(config, overrides, dry_run, resume, no_mlflow):
         click.echo(json.dumps(summary, indent=2))
 
 
+@main.command("config", epilog=EXAMPLES)
+@click.argument("config", type=click.Path(dir_okay=False), required=False)
+@click.argument("overrides", nargs=-1)
+@user_errors
+def config_cmd(config, overrides):
+    """Every config key with its value (defaults, then CONFIG, then OVERRIDES) and what it does."""
+    from distill.config import describe_keys, load_config
+
+    click.echo(describe_keys(load_config(config, overrides)))
+
+
 @main.command("eval", epilog=EXAMPLES)
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
@@ -177,7 +173,7 @@ def data(name, path, as_json, list_names, schema, rationales):
     if rationales:
         if not name.startswith("tinyllm-"):
             raise UserError("--rationales reads the paper's released rationales, which exist only for the tinyllm-* datasets.")
-        from distill.rationales import load_paper_rationales
+        from distill.paper import load_paper_rationales
 
         info["rationales"] = {}
         for split, rows in ds.splits.items():

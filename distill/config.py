@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,12 +18,11 @@ from typing import Any, Literal
 
 import yaml
 
-from distill.errors import UserError
+from distill import layout
+from distill.errors import UserError, read_utf8
 
 # ---------------------------------------------------------------------------------------------
 # The schema. Every field has a default except where a value only the user can know is needed.
-
-TEACHER_BACKENDS = ("llama.cpp", "transformers", "openai", "files")
 
 
 @dataclass
@@ -32,12 +32,17 @@ class DataConfig:
     path: str | None = None
     """Dataset folder; default $TINYLLM_DATA_DIR/<folder>, else ../shared/data/<folder>."""
     train_split: str = "train"
+    """Split the student trains on (and teachers explain)."""
     eval_split: str = "valid"
+    """Split scored during and after training; with train.epoch_eval it picks the epoch, so keep it off the test split."""
     test_split: str = "test"
+    """Split that export parity prompts, `tinyllm-distill eval` and `tinyllm-bench` use."""
     max_train: int | None = None
     """Use only the first N training questions (None = all). Lower it for a quick pilot."""
     max_eval: int | None = None
+    """Use only the first N questions of the eval split (None = all)."""
     max_test: int | None = None
+    """Use only the first N questions of the test split (None = all)."""
 
 
 @dataclass
@@ -45,6 +50,7 @@ class TeacherConfig:
     name: str
     """Short name; also the rationale task prefix the student learns (`explain_<name>:`)."""
     backend: Literal["llama.cpp", "transformers", "openai", "files"]
+    """llama.cpp (GGUF), transformers (folder or hub id), openai (any OpenAI-compatible server) or files (precomputed rationales)."""
     model: str | None = None
     """GGUF path or packaged name (llama.cpp), directory or hub id (transformers),
     served model name (openai), rationale source (files: flan-t5-xl | llama-2-7b | a JSONL path)."""
@@ -57,13 +63,17 @@ class TeacherConfig:
     chat: bool | None = None
     """Use the model's chat template (None = when it has one)."""
     max_new_tokens: int = 128
+    """Longest rationale generated; a rationale cut here is rejected as truncated."""
     temperature: float = 0.0
+    """0 = greedy (reproducible); the paper's teachers decode greedily."""
     concurrency: int = 4
     """openai backend: requests in flight at once."""
     timeout_s: float = 120.0
+    """openai backend: seconds before a request is retried."""
     n_ctx: int = 2048
     """llama.cpp backend: context window; k in-context examples must fit in it."""
     trust_remote_code: bool = False
+    """Run code shipped with a transformers model; off unless you trust its source."""
 
 
 @dataclass
@@ -75,6 +85,7 @@ class RationaleConfig:
     selection: Literal["random", "similar"] = "random"
     """How in-context examples are picked: random (the paper) or by lexical overlap."""
     seed: int = 0
+    """Seed for picking in-context examples."""
     cache_dir: str = "runs/cache"
     """Append-only rationale store shared by runs; a re-run generates nothing already stored."""
     threads: int | None = None
@@ -88,27 +99,37 @@ class StudentConfig:
     model: str = "smollm2-135m-instruct"
     """Packaged name, local directory, GGUF file, or hub id."""
     architecture: Literal["auto", "decoder", "seq2seq"] = "auto"
+    """decoder (Llama/SmolLM2, Qwen2, Gemma 3) or seq2seq (T5); auto reads the model's config."""
     lora: bool = False
+    """Train LoRA adapters instead of every weight (merged into the saved student)."""
     lora_r: int = 16
+    """LoRA rank."""
     lora_alpha: int = 32
+    """LoRA scaling numerator (scale = lora_alpha / lora_r)."""
     answer_prefix: str = "predict:"
+    """Task prefix of the answer task, the only one used at inference."""
     rationale_prefix: str = "explain_{teacher}:"
+    """Task prefix of each teacher's rationale task; {teacher} is the teacher's name."""
     task_position: Literal["auto", "before", "after"] = "auto"
     """Where the task prefix goes: 'before' the question (the paper's T5 layout) or 'after' it, so a
     decoder-only student computes a question's shared tokens once for all its tasks. auto = after
     for decoder-only students, before for encoder-decoder ones."""
     trust_remote_code: bool = False
+    """Run code shipped with the student model; off unless you trust its source."""
 
 
 @dataclass
 class TrainConfig:
     lr: float = 5e-5
+    """Peak learning rate of AdamW (linear decay to 0); the paper uses 5e-5."""
     epochs: float = 1.0
+    """Passes over the training questions (fractions allowed)."""
     max_steps: int | None = None
     """Stop after N optimizer steps (None = run all epochs)."""
     batch_size: int = 8
     """Questions per step; lower it if you run out of memory (raise grad_accum to compensate)."""
     grad_accum: int = 1
+    """Optimizer steps take batch_size x grad_accum questions."""
     micro_batch_tokens: int = 1024
     """Padded tokens per forward pass (all tasks of a step share them, length-sorted); lower it if
     you run out of memory: the loss is the same, only the number of passes grows."""
@@ -118,8 +139,11 @@ class TrainConfig:
     max_length: int = 512
     """Tokens per sequence; longer inputs are cut from the left of the question."""
     warmup_ratio: float = 0.0
+    """Share of the steps spent warming the learning rate up from 0."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Autocast precision of the forward/backward (weights and optimizer stay fp32); fp16 adds a
     gradient scaler. bf16 is the choice on recent GPUs and also runs on CPUs."""
@@ -128,12 +152,15 @@ class TrainConfig:
     optimizer state are sharded across processes (torch FSDP2) for students too big for one device;
     launch with torchrun/accelerate, full fine-tuning only."""
     max_grad_norm: float = 1.0
+    """Clip the gradient's global norm to this (0 = no clipping)."""
     log_every: int = 10
+    """Print and log a step line every N steps."""
     eval_every: int = 0
     """Evaluate on the eval split every N steps (0 = only at the end)."""
     save_every: int = 0
     """Checkpoint every N steps for --resume (0 = never)."""
     seed: int = 0
+    """Seed for initialisation of new weights, data order and dropout."""
     eval_method: Literal["loglik", "generate", "both"] = "both"
     """loglik: option log-likelihood (fast, one forward per question); generate: greedy answer, scored
     by exact match to the gold option's text (the paper's metric, slower); both."""
@@ -151,18 +178,17 @@ class TrackingConfig:
     uri: str | None = None
     """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db."""
     experiment: str = "tinyllm"
+    """MLflow experiment the runs go to."""
     register_as: str | None = None
     """Register the student under this model name."""
     system_metrics: bool = True
+    """Log CPU, memory (and GPU) use while the run lasts."""
     tags: dict[str, str] = field(default_factory=dict)
     """Extra tags on every run (e.g. tracking.tags.cell=lora-answer), to group runs in the UI."""
 
 
 @dataclass
 class ExportConfig:
-    formats: list[str] = field(default_factory=lambda: ["gguf", "onnx"])
-    gguf_quant: list[str] = field(default_factory=lambda: ["q4_k_m"])
-    onnx_quant: list[str] = field(default_factory=lambda: ["none"])
     max_logit_diff: float = 1e-3
     """ONNX fp32: largest allowed |logit difference| against torch (SmolLM2-135M measured 1e-4)."""
     min_top1_agreement: dict[str, float] = field(
@@ -182,16 +208,19 @@ class BenchConfig:
     limit: int | None = None
     """Questions from the test split (None = all)."""
     threads: int = 2
+    """CPU threads every runtime gets (fixed, so contestants are comparable)."""
     warmup: int = 1
-    repeats: int = 3
+    """Questions answered first and not timed."""
     contestants: list[str] = field(default_factory=list)
     """Empty = every form of the student plus every teacher."""
     timeout_s: float = 600.0
+    """A contestant still running after this many seconds is stopped and reported as timed out."""
 
 
 @dataclass
 class Config:
     output_dir: str = "runs/default"
+    """Where the run writes: resolved config, student, checkpoints, exports, bench (see distill/layout.py)."""
     data: DataConfig = field(default_factory=DataConfig)
     teachers: list[TeacherConfig] = field(default_factory=list)
     rationales: RationaleConfig = field(default_factory=RationaleConfig)
@@ -324,7 +353,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     if path is not None:
         source = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_utf8(path)
         except FileNotFoundError:
             raise UserError(f"config file {source} does not exist; pass the path to a YAML file such as configs/quickstart.yaml.")
         try:
@@ -378,6 +407,73 @@ def apply_override(cfg: Config, item: str) -> None:
             setattr(target, part, _convert(target_tp, value, dotted, source))
             return
         target = getattr(target, part)
+
+
+def field_help() -> dict[str, str]:
+    """Each config key (dotted, `teachers.N.` for teacher fields) -> the first line of the docstring under
+    its field in this file, as TRL's dataclass fields carry their help."""
+    import ast
+    import inspect
+    import sys
+
+    tree = ast.parse(inspect.getsource(sys.modules[__name__]))
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    docs: dict[str, dict[str, str]] = {}
+    for name, node in classes.items():
+        docs[name] = {}
+        for stmt, nxt in zip(node.body, node.body[1:] + [None]):
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                doc = nxt.value.value if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant) \
+                    and isinstance(nxt.value.value, str) else ""
+                docs[name][stmt.target.id] = re.split(r"(?<=[a-z0-9)])\. (?=[A-Z])", " ".join(doc.split()))[0].rstrip(".")
+    out: dict[str, str] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            tp = _hints(cls)[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{f.name}.")
+            elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+                walk(typing.get_args(tp)[0], f"{prefix}{f.name}.N.")
+            else:
+                out[prefix + f.name] = docs.get(cls.__name__, {}).get(f.name, "")
+
+    walk(Config, "")
+    return out
+
+
+def describe_keys(cfg: Config) -> str:
+    """Every key with its resolved value and one-line help, for `tinyllm-distill config`."""
+    flat: dict[str, Any] = {}
+
+    def flatten(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                flatten(v, f"{prefix}{f.name}.")
+            elif isinstance(v, list) and v and dataclasses.is_dataclass(v[0]):
+                for i, item in enumerate(v):
+                    flatten(item, f"{prefix}{f.name}.{i}.")
+            else:
+                flat[prefix + f.name] = v
+
+    flatten(cfg, "")
+    helps = field_help()
+    lines = []
+    for key, value in flat.items():
+        generic = ".".join("N" if part.isdigit() else part for part in key.split("."))
+        shown = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+        lines.append(f"{key} = {shown}" + (f"    # {helps[generic]}" if helps.get(generic) else ""))
+    if not cfg.teachers:
+        lines += [f"{k} (per teacher)" + (f"    # {h}" if h else "") for k, h in helps.items() if k.startswith("teachers.N.")]
+    return "\n".join(lines)
+
+
+def load_section(path: str | os.PathLike, key: str, cls):
+    """One section of a YAML config (e.g. the `data:` of a run's resolved_config.yaml) as `cls`, on its
+    own: an older run's other sections need not match today's schema."""
+    raw = yaml.safe_load(read_utf8(path)) or {}
+    return _build(cls, raw.get(key) or {}, key, str(path))
 
 
 def validate(cfg: Config) -> None:
@@ -436,6 +532,6 @@ def write_resolved(cfg: Config, out_dir: str | os.PathLike) -> Path:
     """Write the resolved config next to an output, so every result says what made it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "resolved_config.yaml"
+    path = out / layout.RESOLVED_CONFIG
     path.write_text(dump_yaml(cfg), encoding="utf-8")
     return path

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from distill.errors import UserError
+from distill.errors import UserError, read_utf8
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -86,25 +86,24 @@ def _need(path: Path, what: str) -> Path:
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object); a bad line is an error naming file and line."""
-    with open(path, encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(
-                    f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                    "the line may be truncated: fix or remove it."
-                ) from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}.")
-            yield lineno, obj
+    for lineno, line in enumerate(read_utf8(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                "the line may be truncated: fix or remove it."
+            ) from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}.")
+        yield lineno, obj
 
 
 def read_json(path: Path):
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        return json.loads(read_utf8(path))
     except json.JSONDecodeError as exc:
         raise UserError(
             f"{path} line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
@@ -172,13 +171,12 @@ def _arc(which: str) -> Callable[[Path], Dataset]:
 
 def _read_labels(path: Path, n_rows: int, rows_file: Path) -> list[int]:
     labels = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            if line.strip() not in ("0", "1"):
-                raise UserError(f"{path} line {lineno}: expected a label 0 or 1, got {line.strip()!r}.")
-            labels.append(int(line))
+    for lineno, line in enumerate(read_utf8(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        if line.strip() not in ("0", "1"):
+            raise UserError(f"{path} line {lineno}: expected a label 0 or 1, got {line.strip()!r}.")
+        labels.append(int(line))
     if len(labels) != n_rows:
         raise UserError(
             f"{path} has {len(labels)} labels but {rows_file} has {n_rows} questions; "
@@ -321,7 +319,7 @@ def load_svamp(path: Path) -> Dataset:
 
 def _tinyllm_rows(path: Path) -> list[Example]:
     # OBQA's file is JSON Lines under a .json name; the others are JSON arrays.
-    text = path.read_text(encoding="utf-8-sig").lstrip()
+    text = read_utf8(path).lstrip()
     if text.startswith("["):
         items = [(f"item {i}", r) for i, r in enumerate(read_json(path))]
     else:

@@ -16,10 +16,9 @@ import os
 import shutil
 from pathlib import Path
 
-from distill.train import correct_string, evaluate
+from distill import layout
+from distill.evaluation import correct_string, evaluate
 
-EPOCHS_FILE = "epochs.json"
-EPOCHS_DIR = "epochs"
 
 
 class EpochEvaluator:
@@ -28,7 +27,7 @@ class EpochEvaluator:
         self.out_dir, self.tok, self.fmt, self.method = Path(out_dir), tok, fmt, method
         self.splits = {"valid": eval_examples, "test": test_examples}
         self.select_by, self.run, self.log = select_by, run, log
-        self.file, self.dir = self.out_dir / EPOCHS_FILE, self.out_dir / EPOCHS_DIR
+        self.file, self.dir = self.out_dir / layout.EPOCHS_FILE, self.out_dir / layout.EPOCHS_DIR
         self.records: list[dict] = []
         if resume_step is None:
             shutil.rmtree(self.dir, ignore_errors=True)

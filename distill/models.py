@@ -194,9 +194,9 @@ CONVERSION_VERSION = "v2"
 
 
 def _progress(msg: str) -> None:
-    import sys
+    from distill.progress import log
 
-    print(f"[models] {msg}", file=sys.stderr, flush=True)
+    log(f"[models] {msg}")
 
 
 def load_causal_lm(name: str, trust_remote_code: bool = False, dtype=None):

@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+from distill import layout
 from distill.config import Config, write_resolved
 from distill.data import Dataset, load_dataset
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from distill.progress import log
 
 
 def training_examples(cfg: Config) -> tuple[Dataset, list]:
@@ -47,7 +44,7 @@ def log_generation(run, stats, accepted, out: Path) -> dict:
         run.log_metrics({f"gen.{name}.rejected.{reason.replace(' ', '_')}": n for reason, n in st.rejected.items()})
     sample = [{"teacher": t, "example_id": i, "text": text}
               for t, texts in accepted.items() for i, text in list(texts.items())[:10]]
-    (out / "generation.json").write_text(json.dumps(report, indent=2))
+    (out / layout.GENERATION).write_text(json.dumps(report, indent=2))
     run.log_dict(report, "generation/stats.json")
     run.log_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in sample), "generation/sample.jsonl")
     return report
@@ -75,10 +72,13 @@ def distill(cfg: Config, resume: bool = False, track: bool = True) -> dict:
     with mlflow_run(cfg, "distill", run_name=f"distill-{ds.name}", tags=tags, enabled=track) as run:
         run.log_params({"data.fingerprint.train": ds.fingerprint(cfg.data.train_split), "data.n_train": len(train),
                         "data.n_eval": len(evals), "teacher_names": ",".join(t.name for t in cfg.teachers) or "none"})
+        run.log_dataset(ds, cfg.data.train_split, train, "training")
+        if evals:
+            run.log_dataset(ds, cfg.data.eval_split, evals, "evaluation")
         rationales: dict[str, dict[str, str]] = {}
         if cfg.teachers:
             # Rank 0 talks to the teachers; the other ranks read the rationales it settled on.
-            shared = out / "rationales_used.json"
+            shared = out / layout.RATIONALES_USED
             if is_main_process():
                 stats, rationales = generate_rationales(cfg, ds, train, ds.split(cfg.data.train_split), log=log)
                 log_generation(run, stats, rationales, out)
@@ -91,14 +91,14 @@ def distill(cfg: Config, resume: bool = False, track: bool = True) -> dict:
         result = train_student(cfg, train, rationales, evals, run, resume=resume, log=log, test_examples=tests)
         if is_main_process() and "student_dir" in result:
             if "eval" in result:
-                (out / "eval_predictions.jsonl").write_text(
+                (out / layout.EVAL_PREDICTIONS).write_text(
                     "".join(json.dumps(p) + "\n" for p in result["eval"]["predictions"]))
-                run.log_artifact(str(out / "eval_predictions.jsonl"), "eval")
+                run.log_artifact(str(out / layout.EVAL_PREDICTIONS), "eval")
             if "selection" in result:
                 run.log_params({"train.selected_epoch": result["selection"]["selected_epoch"]})
-                run.log_artifact(str(out / "epochs.json"))
-            run.log_artifacts(result["student_dir"], "student")
-            run.log_artifact(str(out / "resolved_config.yaml"))
+                run.log_artifact(str(out / layout.EPOCHS_FILE))
+            run.log_artifacts(result["student_dir"], layout.STUDENT)
+            run.log_artifact(str(out / layout.RESOLVED_CONFIG))
             if cfg.tracking.register_as:
                 register_student(run, cfg.tracking.register_as)
         summary = {"student_dir": result.get("student_dir"), "steps": result["steps"], "run_id": run.run_id,
@@ -107,7 +107,7 @@ def distill(cfg: Config, resume: bool = False, track: bool = True) -> dict:
                    **({"selection": {k: v for k, v in result["selection"].items() if k != "epochs"}}
                       if "selection" in result else {})}
         if is_main_process():
-            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            (out / layout.SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     if state.num_processes > 1:
         state.destroy_process_group()
     return summary
@@ -131,7 +131,8 @@ def register_student(run, name: str) -> None:
 def evaluate_model(cfg: Config, split: str, track: bool = True) -> dict:
     """`tinyllm-distill eval`: accuracy of cfg.student.model on a split, with no training."""
     from distill.tracking import mlflow_run
-    from distill.train import PromptFormat, evaluate, load_student, prompt_format
+    from distill.evaluation import evaluate
+    from distill.student import PromptFormat, load_student, prompt_format
 
     ds = load_dataset(cfg.data.name, cfg.data.path)
     examples = ds.split(split)
@@ -140,15 +141,16 @@ def evaluate_model(cfg: Config, split: str, track: bool = True) -> dict:
         examples = examples[:cap]
     model, tok, identity = load_student(cfg.student)
     folder = Path(cfg.student.model)
-    fmt = PromptFormat.load(folder) if (folder / "prompt_format.json").exists() else prompt_format(cfg.student, model)
+    fmt = PromptFormat.load(folder) if (folder / layout.PROMPT_FORMAT).exists() else prompt_format(cfg.student, model)
     with mlflow_run(cfg, "eval", run_name=f"eval-{ds.name}", enabled=track,
                     tags={"tinyllm.dataset": ds.name, "tinyllm.student": cfg.student.model, "tinyllm.method": "zero-shot"
                           if not folder.is_dir() else "trained"}) as run:
+        run.log_dataset(ds, split, examples, "evaluation")
         res = evaluate(model, tok, fmt, examples, cfg.train.eval_method, log=log)
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval_predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in res["predictions"]))
-        run.log_artifact(str(out / "eval_predictions.jsonl"), "eval")
+        (out / layout.EVAL_PREDICTIONS).write_text("".join(json.dumps(p) + "\n" for p in res["predictions"]))
+        run.log_artifact(str(out / layout.EVAL_PREDICTIONS), "eval")
         metrics = {k: v for k, v in res.items() if k.startswith("accuracy")}
         run.log_metrics({f"{split}_{k}": v for k, v in metrics.items()})
         run.log_params({"eval.split": split, "eval.n": res["n"], "student.identity": identity})

@@ -1,9 +1,5 @@
-"""Teacher rationales: the record every teacher produces, and the paper's released ones.
-
-The TinyLLM release ships `<dataset>/tinyllm/llm/{split}_CoT_{k}.json`: JSON arrays of strings,
-concatenated in k order one per example of the split, each
-`<FLAN-T5-xl rationale>\n\nQ: <question>\nAnswer Choices:\n(a) …[ llama rationale: <LLaMA-2 rationale>]`.
-"""
+"""Teacher rationales: the quality filter, the append-only content-keyed cache, and generation by every
+teacher into it (the paper's released rationales are read by distill/paper.py through the files teacher)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,110 +9,14 @@ import re
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from distill.data import LETTERS, Example, parse_question_block, rationale_files, read_json
+from distill.data import Example
 from distill.errors import UserError
-
-PAPER_TEACHERS = ("flan-t5-xl", "llama-2-7b")
-"""The two teachers whose rationales the paper released (PIQA has only flan-t5-xl)."""
-
-LLAMA_MARK = " llama rationale: "
-# "the answer is (b)", "the answer is: (b)", "the answer is b." — a bare letter only when the sentence ends there.
-STATED_ANSWER = re.compile(r"the answer is:?\s*(?:\(([a-z])\)|([a-z])(?=\s*[.,;]|\s*$))", re.I)
-
-
-@dataclass
-class Rationale:
-    example_id: str
-    teacher: str
-    text: str
-    stated_answer: int | None = None
-    """Choice index the rationale names ("… the answer is (b)"), if it names one."""
-    source: str = ""
-    """Where it came from: a file and item, or the backend that generated it."""
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-def stated_answer(text: str) -> int | None:
-    """The last "the answer is (x)" in a rationale, as a choice index."""
-    found = STATED_ANSWER.findall(text)
-    return LETTERS.index("".join(found[-1]).lower()) if found else None
-
-
-def _normalise(s: str) -> str:
-    return " ".join(s.split())
-
-
-@dataclass
-class PaperRationales:
-    records: dict[str, list[Rationale]] = field(default_factory=dict)
-    """Teacher name -> rationales (in split order)."""
-    unparsed: list[str] = field(default_factory=list)
-    """One line per entry that could not be used: file, item and why."""
-    files: list[str] = field(default_factory=list)
-
-    def counts(self) -> dict[str, int]:
-        return {t: len(r) for t, r in self.records.items()}
-
-
-def load_paper_rationales(dataset_dir: str | Path, split: str, examples: list[Example]) -> PaperRationales:
-    """Parse the paper's rationale files for `split`, aligned by position with `examples`.
-
-    Each entry's own question block is checked against the example at its position, so a
-    misaligned file is reported rather than silently pairing rationales with the wrong question.
-    """
-    base = Path(dataset_dir) / "tinyllm" / "llm"
-    files = rationale_files(base, split)
-    if not files:
-        raise UserError(f"no {split}_CoT_*.json under {base}; pass the dataset folder that holds tinyllm/llm/.")
-    out = PaperRationales(records={t: [] for t in PAPER_TEACHERS}, files=[str(f) for f in files])
-    position = 0
-    for f in files:
-        entries = read_json(f)
-        if not isinstance(entries, list):
-            raise UserError(f"{f}: expected a JSON array of rationale strings.")
-        for i, entry in enumerate(entries):
-            where = f"{f.name} item {i}"
-            ex = examples[position] if position < len(examples) else None
-            position += 1
-            if ex is None:
-                out.unparsed.append(f"{where}: beyond the {len(examples)} examples of the split")
-                continue
-            if not isinstance(entry, str):
-                out.unparsed.append(f"{where}: not a string")
-                continue
-            parsed = parse_question_block(entry)
-            if parsed is None:
-                out.unparsed.append(f"{where}: no 'Q: … Answer Choices:' block")
-                continue
-            flan, question, choices = parsed
-            if _normalise(question) != _normalise(ex.question) and _normalise(ex.question) not in _normalise(question):
-                out.unparsed.append(f"{where}: its question does not match example {ex.id} at the same position")
-                continue
-            flan = flan.strip()
-            if flan:
-                out.records["flan-t5-xl"].append(
-                    Rationale(ex.id, "flan-t5-xl", flan, stated_answer(flan), f"{f.name}#{i}"))
-            else:
-                out.unparsed.append(f"{where}: empty FLAN-T5 rationale")
-            if LLAMA_MARK in entry:
-                llama = entry.split(LLAMA_MARK, 1)[1].strip()
-                if llama:
-                    out.records["llama-2-7b"].append(
-                        Rationale(ex.id, "llama-2-7b", llama, stated_answer(llama), f"{f.name}#{i}"))
-                else:
-                    out.unparsed.append(f"{where}: empty LLaMA-2 rationale")
-    if position < len(examples):
-        out.unparsed.append(f"{len(examples) - position} examples of the split have no entry in the rationale files")
-    if not out.records["llama-2-7b"]:
-        del out.records["llama-2-7b"]
-    return out
-
+from distill.paper import stated_answer
+from distill.progress import Progress
 
 # ---------------------------------------------------------------------------------------------
 # Quality filter: is this rationale usable as a training target?
@@ -321,7 +221,7 @@ def generate_rationales(cfg, dataset, examples: list[Example], demo_pool: list[E
                 todo = [ex for ex in examples if keys[ex.id] not in store.keys]
                 log(f"[generate {tcfg.name}] {st.cached} cached, {len(todo)} to generate with {teacher.identity()}")
                 prompts = [teacher_prompt(ex, picker(ex), rcfg.template) for ex in todo]
-                progress = Progress(f"generate {tcfg.name}", len(todo), log)
+                progress = Progress(f"generate {tcfg.name}", len(todo), log, unit="prompts")
                 for i, gen in teacher.generate(prompts):
                     ex = by_id[prompts[i].example_id]
                     text, status, reason = check_rationale(gen.text, ex, gen.finish_reason)
@@ -350,40 +250,3 @@ def _count(st: TeacherStats, status: str, reason: str | None, text: str) -> None
         st.accepted += 1
     else:
         st.rejected[reason or "rejected"] = st.rejected.get(reason or "rejected", 0) + 1
-
-
-class Progress:
-    """One fixed-format line at most every few seconds: `[task] 12/40 (30%) | 85 tok/s | eta 1m20s`."""
-
-    def __init__(self, task: str, total: int, log=print, every_s: float = 5.0):
-        self.task, self.total, self.log, self.every = task, total, log, every_s
-        self.n = self.tokens = 0
-        self.start = self.last = time.perf_counter()
-
-    def update(self, n: int = 1, tokens: int = 0) -> None:
-        self.n += n
-        self.tokens += tokens
-        now = time.perf_counter()
-        if now - self.last >= self.every or self.n == self.total:
-            self.last = now
-            self.log(self.line())
-
-    def line(self) -> str:
-        elapsed = time.perf_counter() - self.start
-        rate = self.n / elapsed if elapsed else 0.0
-        eta = (self.total - self.n) / rate if rate else 0.0
-        pct = 100.0 * self.n / self.total if self.total else 100.0
-        return (f"[{self.task}] {self.n}/{self.total} ({pct:.0f}%) | {self.tokens / elapsed if elapsed else 0:.0f} tok/s"
-                f" | elapsed {format_duration(elapsed)} | eta {format_duration(eta)}")
-
-    def done(self) -> None:
-        if self.n != self.total or self.total == 0:
-            self.log(self.line())
-
-
-def format_duration(seconds: float) -> str:
-    """`5s`, `2m05s`, `1h07m`: how every progress line in TinyLLM states elapsed time and ETA."""
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -282,7 +282,7 @@ class FilesTeacher:
         """example id -> rationale text, and a list of entries that could not be used."""
         from pathlib import Path
 
-        from distill.rationales import PAPER_TEACHERS, load_paper_rationales
+        from distill.paper import PAPER_TEACHERS, load_paper_rationales
 
         source = self.cfg.model or self.cfg.name
         if source in PAPER_TEACHERS:

@@ -14,9 +14,12 @@ import subprocess
 import threading
 from pathlib import Path
 
+from distill import layout
 from distill.errors import require
 
 DEFAULT_DIR = Path("runs")
+# MLflow 3's UI opens a "GenAI" experiment on a traces overview; ours are model training: runs first.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def is_main_process() -> bool:
@@ -98,6 +101,22 @@ class Run:
     def log_artifacts(self, path: str, artifact_path: str | None = None) -> None:
         self.mlflow.log_artifacts(path, artifact_path)
 
+    def log_dataset(self, ds, split: str, examples: list, context: str) -> None:
+        """The split a run used, in the run's Datasets (name, split, fingerprint, rows; one row per question)."""
+        import hashlib
+
+        import pandas as pd
+
+        h = hashlib.sha256()  # of the rows used (a max_train prefix has its own), as Dataset.fingerprint hashes a split
+        for ex in examples:
+            h.update(json.dumps(ex.to_json(), sort_keys=True).encode())
+        df = pd.DataFrame([{"id": ex.id, "question": ex.question, "choices": " | ".join(ex.choices),
+                            "answer": ex.answer_text} for ex in examples])
+        source = str(Path(ds.path).resolve()) if ds.path and Path(ds.path).exists() else ds.name
+        dataset = self.mlflow.data.from_pandas(df, source=source, name=f"{ds.name}/{split}", digest=h.hexdigest()[:16])
+        self.mlflow.log_input(dataset, context=context,
+                              tags={"split": split, "rows": str(len(examples)), "fingerprint": h.hexdigest()[:16]})
+
 
 @contextlib.contextmanager
 def mlflow_run(cfg, stage: str, run_name: str | None = None, tags: dict | None = None, enabled: bool = True):
@@ -115,9 +134,12 @@ def mlflow_run(cfg, stage: str, run_name: str | None = None, tags: dict | None =
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     if exp is None:
         location = (DEFAULT_DIR / "mlartifacts").resolve().as_uri() if local_store else None
-        exp_id = mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
+        exp_id = mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location,
+                                          tags=dict([EXPERIMENT_KIND]))
     else:
         exp_id = exp.experiment_id
+        if EXPERIMENT_KIND[0] not in exp.tags:  # made by an older TinyLLM, or by hand
+            mlflow.MlflowClient().set_experiment_tag(exp_id, *EXPERIMENT_KIND)
     out_dir = str(Path(cfg.output_dir).resolve())
     _end_stale_runs(mlflow, exp_id, stage, out_dir)
     run = mlflow.start_run(experiment_id=exp_id, run_name=run_name,
@@ -129,7 +151,7 @@ def mlflow_run(cfg, stage: str, run_name: str | None = None, tags: dict | None =
     try:
         r = Run(mlflow, run)
         r.log_params(_flatten(to_dict(cfg)))
-        r.log_text(dump_yaml(cfg), "resolved_config.yaml")
+        r.log_text(dump_yaml(cfg), layout.RESOLVED_CONFIG)
         r.set_tags({f"tinyllm.{k}": v for k, v in provenance().items()})
         yield r
         status = "FINISHED"

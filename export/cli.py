@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from distill.cli import user_errors
-from distill.errors import UserError
+from distill import layout
+from distill.errors import UserError, user_errors
 
 EXAMPLES = """\b
 examples:
@@ -42,11 +42,13 @@ def main(source, overrides, fmt, quant, out, run_id, config, dry_run, no_mlflow,
         source, overrides = None, (source, *overrides)
     if not source and not run_id:
         raise UserError("give a SOURCE (model folder, runs:/… or models:/…) or --run RUN_ID.")
+    from export.pipeline import check_quant
+
+    quant = check_quant(fmt, quant)  # before anything is read or downloaded
     cfg = load_config(config, overrides)
-    quant = quant or ("q4_k_m" if fmt == "gguf" else "none")
     # Default: beside the student, where tinyllm-bench looks for its exported forms.
-    base = Path(source).parent if source and Path(source).is_dir() else Path(cfg.output_dir)
-    out_dir = Path(out) if out else base / "exports" / f"{fmt}-{quant}"
+    student = Path(source) if source and Path(source).is_dir() else layout.student_dir(cfg.output_dir)
+    out_dir = Path(out) if out else layout.export_dir(student, fmt, quant)
     if dry_run:
         click.echo(dump_yaml(cfg))
         click.echo(json.dumps({"source": source or f"runs:/{run_id}/student", "format": fmt, "quant": quant,

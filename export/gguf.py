@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distill import layout
 from distill.errors import UserError, require
 from distill.models import PRE_TOKENIZERS
 
@@ -36,7 +37,7 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def chat_template(student: Path) -> str:
     """A Jinja chat template that asks the student its way: the user turn is the rendered question."""
-    from distill.train import PromptFormat
+    from distill.student import PromptFormat
 
     fmt = PromptFormat.load(student)
     head, tail = (json.dumps(x) for x in fmt.wrap(fmt.answer_prefix, "Answer:"))
@@ -78,7 +79,7 @@ def write_f16(student: Path, out_file: Path) -> dict:
     tok_cfg = json.loads((student / "tokenizer_config.json").read_text())
     if tok_json["model"]["type"] != "BPE" or not isinstance(tok_json.get("pre_tokenizer"), dict):
         raise UserError(f"{student}: GGUF export needs a byte-level BPE tokenizer (gpt2 style); this one is {tok_json['model']['type']}.")
-    fmt_file = student / "prompt_format.json"
+    fmt_file = student / layout.PROMPT_FORMAT
     fmt = json.loads(fmt_file.read_text()) if fmt_file.exists() else {"answer_prefix": "predict:"}
 
     n_layer, n_head = hf_cfg["num_hidden_layers"], hf_cfg["num_attention_heads"]

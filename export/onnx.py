@@ -16,7 +16,7 @@ def export_onnx(student: Path, out: Path, quant: str = "none") -> dict:
     task = "text2text-generation-with-past" if seq2seq else "text-generation-with-past"
     # optimum validates against torch itself and only warns; our parity check is the one that decides.
     main_export(str(student), output=str(out), task=task, do_validation=False, local_files_only=True)
-    from distill.train import PromptFormat
+    from distill.student import PromptFormat
 
     PromptFormat.load(student).save(out)  # how to ask the student travels with it
     if quant == "int8":

@@ -4,20 +4,17 @@ from __future__ import annotations
 import json
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
+from distill import layout
 from distill.config import Config, write_resolved
 from distill.errors import UserError
+from distill.progress import log
 
 
 class ParityFailure(Exception):
     """Exported files disagree with torch beyond the configured thresholds (files are kept)."""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def resolve_source(source: str | None, run_id: str | None, cfg: Config) -> tuple[Path, str | None]:
@@ -49,19 +46,15 @@ def resolve_source(source: str | None, run_id: str | None, cfg: Config) -> tuple
 def task_prompts(student: Path, cfg: Config, n: int) -> tuple[list[str], str]:
     """Answer prompts plus gold answers from the student's own test set (else the demo set)."""
     from distill.data import load_dataset
-    from distill.train import PromptFormat
+    from distill.student import PromptFormat
 
     fmt = PromptFormat.load(student)
     data = cfg.data
-    resolved = student.parent / "resolved_config.yaml"
+    resolved = layout.run_of(student) / layout.RESOLVED_CONFIG
     if resolved.exists():
-        # Only the data section matters here; an older run's other sections need not match today's schema.
-        import yaml
+        from distill.config import DataConfig, load_section
 
-        from distill.config import DataConfig, _build
-
-        section = (yaml.safe_load(resolved.read_text()) or {}).get("data") or {}
-        data = _build(DataConfig, section, "data", str(resolved))
+        data = load_section(resolved, "data", DataConfig)
     try:
         ds = load_dataset(data.name, data.path)
         exs, where = ds.split(data.test_split), f"{ds.name}/{data.test_split}"
@@ -86,27 +79,35 @@ def check_student(student: Path) -> None:
             raise UserError(f"{w} is not a readable safetensors file ({exc}); re-save the student or re-run training.") from None
 
 
+def check_quant(fmt: str, quant: str | None) -> str:
+    """The quantization to use (the format's default when None); an unknown one is refused at once."""
+    from export.gguf import QUANTS
+
+    quant = quant or ("q4_k_m" if fmt == "gguf" else "none")
+    if fmt == "gguf" and quant not in QUANTS:
+        raise UserError(f"--quant {quant} is not a GGUF option; use one of {', '.join(QUANTS)}.")
+    if fmt == "onnx" and quant not in ("none", "int8"):
+        raise UserError(f"--quant {quant} is not an ONNX option; use none or int8.")
+    return quant
+
+
 def export_student(source: str | None, fmt: str, quant: str | None, out: Path, cfg: Config,
                    run_id: str | None = None, track: bool = True, overwrite: bool = False) -> dict:
-    from distill.train import load_student
+    from distill.student import load_student
     from distill.config import StudentConfig
     from export import gguf as gguf_mod
     from export import parity
 
+    quant = check_quant(fmt, quant)
     student, source_run = resolve_source(source, run_id, cfg)
     check_student(student)
     hf_cfg = json.loads((student / "config.json").read_text())
-    quant = quant or ("q4_k_m" if fmt == "gguf" else "none")
     if fmt == "gguf":
         gguf_mod.check_supported(hf_cfg)
-        if quant not in gguf_mod.QUANTS:
-            raise UserError(f"--quant {quant} is not a GGUF option; use one of {', '.join(gguf_mod.QUANTS)}.")
-    elif quant not in ("none", "int8"):
-        raise UserError(f"--quant {quant} is not an ONNX option; use none or int8.")
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it, or choose another --out.")
     if source_run is None:
-        summary = student.parent / "summary.json"  # a local student made by tinyllm-distill knows its run
+        summary = layout.run_of(student) / layout.SUMMARY  # a local student made by tinyllm-distill knows its run
         if summary.exists():
             source_run = json.loads(summary.read_text()).get("run_id")
     final, out = out, out.with_name(out.name + ".partial")
@@ -192,7 +193,7 @@ def log_to_source_run(cfg: Config, run_id: str, out: Path, fmt: str, quant: str,
 
 
 def device_readme(fmt: str, quant: str, out: Path, info: dict, report: dict, student: Path) -> str:
-    from distill.train import PromptFormat
+    from distill.student import PromptFormat
 
     pf = PromptFormat.load(student)
     head, tail = pf.wrap(pf.answer_prefix, "Answer:")

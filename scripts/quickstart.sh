@@ -26,6 +26,14 @@ $BIN/tinyllm-export "$OUT/student" --format onnx -c "$CONFIG" --overwrite
 echo "== 4/4 bench: the student in every form against its teachers"
 $BIN/tinyllm-bench -c "$CONFIG"
 
+EXP_ID=$($BIN/python -c "
+import mlflow
+from distill.config import load_config
+from distill.tracking import tracking_uri
+cfg = load_config('$CONFIG')
+mlflow.set_tracking_uri(tracking_uri(cfg))
+print(mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id)" 2>/dev/null || echo 0)
 echo
 echo "quick start done in $(( $(date +%s) - start ))s. Compare the runs in the MLflow UI:"
-echo "  $BIN/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000"
+echo "  $BIN/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000"
+echo "  then open http://127.0.0.1:5000/#/experiments/$EXP_ID/runs"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from distill.cli import main as distill_cli
 from distill.data import load_dataset
 from distill.errors import UserError
-from distill.rationales import load_paper_rationales
+from distill.paper import load_paper_rationales
 
 
 def ai2_row(id_, stem, texts, key, labels="ABCDE"):

@@ -15,7 +15,8 @@ from distill.config import load_config
 from distill.data import load_dataset
 from distill.epochs import EpochEvaluator
 from distill.errors import UserError
-from distill.train import evaluate, exact_match
+from distill.evaluation import evaluate
+from distill.student import exact_match
 from test_train import rationale_texts, run_cli
 
 
@@ -122,7 +123,7 @@ def test_exact_match_is_the_papers_strict_metric():
 def test_evaluate_scores_generation_by_exact_match(tiny_student):
     import transformers
 
-    from distill.train import PromptFormat
+    from distill.student import PromptFormat
 
     tok = transformers.AutoTokenizer.from_pretrained(tiny_student)
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_student)

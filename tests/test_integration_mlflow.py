@@ -135,6 +135,23 @@ def test_run_comparison_in_headless_chromium(tmp_path, tiny_student):
         runs = api(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
         ids = [r["info"]["run_id"] for r in runs]
         assert len(ids) == 2
+        # A bench of the first student, logged to the same experiment.
+        r = subprocess.run([str(BIN / "tinyllm-bench"), "-c", str(tmp_path / "lr-high" / "run.yaml"), "--limit", "2",
+                            "--contestants", "student-torch", "--threads", "1"], capture_output=True, text=True,
+                           cwd=tmp_path / "lr-high", env={**os.environ, "MLFLOW_TRACKING_URI": url}, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        (bench_run,) = [x for x in api(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+                        if x["info"]["run_id"] not in ids]
+        # The bench run spans the bench: it starts before the contestant runs and ends after the report is written.
+        bench_out = tmp_path / "lr-high" / "out" / "bench"
+        info = bench_run["info"]
+        assert int(info["start_time"]) <= (bench_out / "contestants" / "student-torch" / "spec.json").stat().st_mtime * 1000
+        assert int(info["end_time"]) >= (bench_out / "report.json").stat().st_mtime * 1000 - 1
+        inputs = {d["dataset"]["name"] for d in bench_run["inputs"]["dataset_inputs"]}
+        assert inputs == {"demo/test"}
+        # Our experiments are model-training experiments: the UI opens them on their runs, not a GenAI overview.
+        tags = {t["key"]: t["value"] for t in exp.get("tags", [])}
+        assert tags.get("mlflow.experimentKind") == "custom_model_development"
         # A bench plot attached to the first run, as tinyllm-bench attaches its plots.
         import mlflow
 
@@ -166,5 +183,9 @@ def test_run_comparison_in_headless_chromium(tmp_path, tiny_student):
                          shots / "mlflow-bench-plot.png")
         assert "accuracy_vs_latency.png" in artifacts
         assert (shots / "mlflow-compare.png").stat().st_size > 10_000
+        # The runs page lists the distill runs and the bench run, each with the dataset it used.
+        listing = page(f"/experiments/{exp['experiment_id']}/runs", shots / "mlflow-runs.png")
+        assert listing.count("distill-demo") >= 2 and "bench-demo" in listing
+        assert "demo/train" in listing and "demo/test" in listing
     finally:
         stop(proc)

@@ -12,7 +12,8 @@ from distill.config import load_config
 from distill.data import Dataset, Example
 from distill.errors import UserError
 from distill.prompts import DemoPicker, teacher_prompt
-from distill.rationales import RationaleStore, check_rationale, generate_rationales, rationale_key, stated_answer
+from distill.paper import stated_answer
+from distill.rationales import RationaleStore, check_rationale, generate_rationales, rationale_key
 from distill.teachers import Generation
 
 EX = Example("q1", "What pulls a dropped ball to the ground?", ("wind", "gravity", "light"), 1)

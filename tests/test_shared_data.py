@@ -50,7 +50,7 @@ def test_split_counts(shared_data, name):
 ])
 def test_paper_rationales_cover_every_example(shared_data, name, folder, teachers):
     from distill.data import load_dataset
-    from distill.rationales import load_paper_rationales
+    from distill.paper import load_paper_rationales
 
     ds = load_dataset(name, shared_data / folder)
     for split in ("valid", "test"):

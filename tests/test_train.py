@@ -16,10 +16,9 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from distill.config import load_config
+from distill.batching import build_samples, count_targets, encode, micro_batches, step_loss_terms
 from distill.data import load_dataset
-from distill.train import (PromptFormat, build_samples, count_targets, encode, micro_batches, step_loss_terms,
-                           token_losses)
+from distill.student import PromptFormat
 
 BIN = Path(sys.executable).parent
 
@@ -113,7 +112,7 @@ def test_micro_batching_changes_passes_not_gradients(tiny_student, batch):
 def test_shared_prompt_same_gradients_fewer_tokens(tiny_student, batch):
     """Packing a question's tasks into one row computes the same objective and gradients as
     separate rows; with the task prefix after the question, the row is much shorter."""
-    from distill.train import packs_for, shared_length
+    from distill.batching import packs_for, shared_length
 
     tok, samples = batch
     alphas = {"answer": 1.0, "a": 1.0, "b": 0.5}
@@ -139,7 +138,7 @@ def test_shared_prompt_same_gradients_fewer_tokens(tiny_student, batch):
 def test_shared_prompt_gemma3_sliding_window(tiny_student, batch, window):
     """Gemma 3 (sliding-window layers): packed rows give the unpacked loss while they fit the window,
     and longer rows fall back to one row per task rather than silently dropping the window."""
-    from distill.train import micro_batch_plan
+    from distill.batching import micro_batch_plan
 
     tok, samples = batch
     cfg = transformers.Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -159,7 +158,7 @@ def test_shared_prompt_gemma3_sliding_window(tiny_student, batch, window):
 def test_shared_prompt_never_shares_targets(tiny_student):
     """If one task's prompt is a prefix of another's (a target starts where the other's prompt goes on),
     the shared part stops before the first target token."""
-    from distill.train import Sample, pack, shared_length
+    from distill.batching import Sample, pack, shared_length
 
     a = Sample("answer", [1, 2, 3, 4, 5], [-100, -100, -100, 4, 5], group=0)
     b = Sample("x", [1, 2, 3, 4, 9, 9, 7], [-100, -100, -100, -100, -100, -100, 7], group=0)
@@ -174,7 +173,7 @@ def test_option_scores_shared_equal_separate(tiny_student, tmp_path, monkeypatch
     """Option log-likelihoods computed with the prompt shared equal one row per option; the format
     (with its task position) travels with the student."""
     from distill.prompts import render_question
-    from distill.train import option_scores
+    from distill.evaluation import option_scores
 
     tok = transformers.AutoTokenizer.from_pretrained(tiny_student)
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_student).eval()
@@ -182,9 +181,9 @@ def test_option_scores_shared_equal_separate(tiny_student, tmp_path, monkeypatch
     fmt = PromptFormat(task_position="after")
     assert fmt.answer_prompt(ex) == render_question(ex) + "\npredict: Answer:"
     shared = option_scores(model, tok, fmt, ex)
-    import distill.train
+    import distill.evaluation
 
-    monkeypatch.setattr(distill.train, "can_share", lambda model: False)  # as for attention without 4D masks
+    monkeypatch.setattr(distill.evaluation, "can_share", lambda model: False)  # as for attention without 4D masks
     separate = option_scores(model, tok, fmt, ex)
     assert shared == pytest.approx(separate, abs=1e-5)
     fmt.save(tmp_path)
@@ -195,13 +194,13 @@ def test_option_scores_shared_equal_separate(tiny_student, tmp_path, monkeypatch
 def test_eval_records_length_normalised_and_summed_picks(monkeypatch):
     """The reported pick is by mean log-prob per token; the summed pick is kept beside it, and each is
     scored against gold on its own."""
-    import distill.train
-    from distill.train import evaluate
+    import distill.evaluation
+    from distill.evaluation import evaluate
 
     exs = load_dataset("demo").splits["test"][:2]
     # option 0: short and likely per token; option 1: long, more total mass; the rest unlikely
     fake = {exs[0].id: [(-2.0, 1), (-3.0, 6)], exs[1].id: [(-1.0, 1), (-4.0, 2)]}
-    monkeypatch.setattr(distill.train, "option_logprobs",
+    monkeypatch.setattr(distill.evaluation, "option_logprobs",
                         lambda model, tok, fmt, ex: fake[ex.id] + [(-99.0, 1)] * (len(ex.choices) - 2))
     model = torch.nn.Linear(1, 1)
     res = evaluate(model, None, PromptFormat(), exs, "loglik")
@@ -307,7 +306,7 @@ def test_mixed_precision_runs_train_fp32_weights(tmp_path, tiny_student, precisi
     losses = {}
     for p in ("fp32", precision):
         r = run_cli("run", str(cfg), "--no-mlflow", f"train.precision={p}", f"output_dir={tmp_path / p}", cwd=tmp_path)
-        losses[p] = [float(x) for x in re.findall(r"^step \d+/\d+ .*?\| loss ([\d.]+)", r.stderr, re.M)]
+        losses[p] = [float(x) for x in re.findall(r"^\[train\] step \d+/\d+ .*?\| loss ([\d.]+)", r.stderr, re.M)]
     assert len(losses["fp32"]) == 2 and losses[precision] == pytest.approx(losses["fp32"], rel=0.02)
     weights = load_file(str(tmp_path / precision / "student" / "model.safetensors"))
     assert all(v.dtype == torch.float32 for v in weights.values())
@@ -427,7 +426,7 @@ def test_killed_runs_never_stay_running(tmp_path, tiny_student):
         proc = subprocess.Popen([str(BIN / "tinyllm-distill"), "run", str(cfg)], cwd=tmp_path, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         for line in proc.stderr:  # wait until training is under way
-            if line.startswith("step 00002"):
+            if line.startswith("[train] step 00002"):
                 break
         proc.send_signal(sig)
         proc.wait(timeout=60)
