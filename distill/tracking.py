@@ -19,6 +19,8 @@ from distill.errors import require
 
 DEFAULT_DIR = Path("runs")
 # MLflow 3's UI opens a "GenAI" experiment on a traces overview; ours are model training: runs first.
+# (3.17 reads the kind from the URL's ?workflowType=machine_learning or the browser's last choice, which
+# is the URL the quick start prints; the tag is what the UI reads without that switch.)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 

@@ -36,4 +36,5 @@ print(mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id)" 2>/
 echo
 echo "quick start done in $(( $(date +%s) - start ))s. Compare the runs in the MLflow UI:"
 echo "  $BIN/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000"
-echo "  then open http://127.0.0.1:5000/#/experiments/$EXP_ID/runs"
+# MLflow 3.17's UI opens in its GenAI mode unless told otherwise; workflowType=machine_learning shows runs.
+echo "  then open http://127.0.0.1:5000/#/experiments/$EXP_ID/runs?workflowType=machine_learning"
