@@ -99,7 +99,6 @@ class LlamaCppRunner:
         self.chat = chat
         self.add_bos = self.llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
         self.path, self.threads, self.n_ctx = path, threads, n_ctx
-        self._scorer = None
 
     def answer(self, prompt: str, max_new_tokens: int, stops: list[str]) -> Timed:
         start, ttft, chunks, n = time.perf_counter(), None, [], 0
@@ -121,27 +120,37 @@ class LlamaCppRunner:
         return Timed(text, prompt_tokens, max(1, n), ttft or total, total)
 
     def option_logprobs(self, prompt: str, options: list[str]) -> list[float]:
+        """Mean log-probability per option token after the prompt, on the same context that answers: the
+        prompt is evaluated once, each option then feeds its tokens one at a time from the prompt's cache
+        (a second context with logits at every position would hold n_ctx x vocabulary floats)."""
         import llama_cpp
 
-        if self._scorer is None:  # a second context with logits for every position
-            self._scorer = llama_cpp.Llama(model_path=self.path, n_ctx=self.n_ctx, n_threads=self.threads, logits_all=True,
-                                           verbose=False)
-        llm = self._scorer
+        llm = self.llm
+        vocab = llm.n_vocab()
+
+        def last_logprobs() -> np.ndarray:
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,)).astype(np.float64)
+            return logits - np.logaddexp.reduce(logits)
+
         p_ids = llm.tokenize(prompt.encode(), add_bos=self.add_bos, special=True)
+        llm.reset()
+        llm.eval(p_ids)
+        after_prompt = last_logprobs()
         scores = []
         for opt in options:
             o_ids = llm.tokenize((" " + opt).encode(), add_bos=False, special=False)
-            llm.reset()
-            llm.eval(p_ids + o_ids)
-            logits = np.array(llm.scores[len(p_ids) - 1: len(p_ids) + len(o_ids) - 1], dtype=np.float64)
-            lp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
-            scores.append(float(lp[np.arange(len(o_ids)), o_ids].mean()))
+            llm.n_tokens = len(p_ids)  # back to the prompt: eval() drops the cache beyond it
+            total, lp = 0.0, after_prompt
+            for j, tok in enumerate(o_ids):
+                total += float(lp[tok])
+                if j + 1 < len(o_ids):
+                    llm.eval([tok])
+                    lp = last_logprobs()
+            scores.append(total / max(1, len(o_ids)))
         return scores
 
     def close(self):
         self.llm.close()
-        if self._scorer is not None:
-            self._scorer.close()
 
 
 class OpenAIRunner:

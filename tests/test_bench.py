@@ -110,3 +110,61 @@ def test_torch_runner_greedy_matches_generate(tiny_bpe_student):
     timed = runner.answer(prompt, 8, [])
     assert timed.text == expected and timed.prompt_tokens == enc["input_ids"].shape[1]
     assert expected.strip()  # a random-init model still says something for the comparison to bite on
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_bpe_student, tmp_path_factory):
+    from export.gguf import write_f16
+
+    out = tmp_path_factory.mktemp("gguf") / "student-f16.gguf"
+    write_f16(tiny_bpe_student, out)
+    return out
+
+
+def test_gguf_option_loglik_on_the_answering_context_matches_full_logits(tiny_gguf):
+    """Option log-likelihood reuses the one llama.cpp context (prompt once, option tokens from its cache)
+    and equals scoring every position of each option with a logits_all context."""
+    import llama_cpp
+    import numpy as np
+
+    from bench.runners import LlamaCppRunner
+
+    runner = LlamaCppRunner(str(tiny_gguf), 1)
+    prompt, options = "Q: Which is a metal?\nAnswer Choices:\n(a) iron\n(b) wood\npredict: Answer:", ["iron", "wood",
+                                                                                                     "a piece of wood"]
+    before = runner.answer(prompt, 6, []).text
+    got = runner.option_logprobs(prompt, options)
+    assert runner.answer(prompt, 6, []).text == before  # scoring leaves answering as it was
+    ref_llm = llama_cpp.Llama(model_path=str(tiny_gguf), n_ctx=2048, n_threads=1, logits_all=True, verbose=False)
+    p_ids = ref_llm.tokenize(prompt.encode(), add_bos=runner.add_bos, special=True)
+    expected = []
+    for opt in options:
+        o_ids = ref_llm.tokenize((" " + opt).encode(), add_bos=False, special=False)
+        ref_llm.reset()
+        ref_llm.eval(p_ids + o_ids)
+        logits = np.array(ref_llm.scores[len(p_ids) - 1: len(p_ids) + len(o_ids) - 1], dtype=np.float64)
+        lp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+        expected.append(float(lp[np.arange(len(o_ids)), o_ids].mean()))
+    ref_llm.close()
+    runner.close()
+    assert got == pytest.approx(expected, abs=1e-3)
+    assert len({round(x, 3) for x in got}) == 3  # the options do differ, so the comparison bites
+
+
+def test_a_gguf_worker_never_imports_torch(tiny_gguf, tmp_path):
+    """The GGUF contestant's process holds llama.cpp only, so its peak memory is the runtime's own."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {name: demo}\nbench: {limit: 2, threads: 1, warmup: 0}\n")
+    (tmp_path / "out").mkdir()
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"name": "student-gguf-f16", "kind": "student-gguf", "role": "student",
+                                "path": str(tiny_gguf), "config": str(cfg), "out": str(tmp_path / "out"),
+                                "prompt_format_dir": str(tmp_path)}))
+    code = ("import sys, bench.worker as w; w.main(sys.argv[1]); "
+            "print('torch imported:', 'torch' in sys.modules, 'distill.train' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "torch imported: False False" in r.stdout
+    preds = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    assert len(preds) == 2 and all("pred_loglik" in json.loads(p) for p in preds)
