@@ -45,6 +45,7 @@ class HFRunner:
         import inspect
 
         self.model, self.tok = model, tok
+        self.device = getattr(model, "device", "cpu")  # torch on cuda, or onnxruntime's CUDA provider
         # The prompt pass needs logits at its last position only; transformers models can skip the
         # vocabulary projection elsewhere (~20% of a SmolLM2 prompt pass on CPU). ONNX models take no such argument.
         takes = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -53,7 +54,7 @@ class HFRunner:
     def answer(self, prompt: str, max_new_tokens: int, stops: list[str]) -> Timed:
         import torch
 
-        ids = self.tok(prompt, return_tensors="pt")["input_ids"]
+        ids = self.tok(prompt, return_tensors="pt")["input_ids"].to(self.device)
         start = time.perf_counter()
         new: list[int] = []
         with torch.inference_mode():
@@ -69,8 +70,8 @@ class HFRunner:
                 new.append(nxt)
                 if _stop_at(self.tok.decode(new), stops)[1]:
                     break
-                mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype)], dim=1)
-                out = self.model(input_ids=torch.tensor([[nxt]]), attention_mask=mask, past_key_values=out.past_key_values,
+                mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+                out = self.model(input_ids=torch.tensor([[nxt]], device=mask.device), attention_mask=mask, past_key_values=out.past_key_values,
                                  use_cache=True)
         total = time.perf_counter() - start
         text, _ = _stop_at(self.tok.decode(new, skip_special_tokens=True), stops)
@@ -84,10 +85,10 @@ class HFRunner:
         with torch.inference_mode():
             for opt in options:
                 o_ids = self.tok(" " + opt, add_special_tokens=False)["input_ids"]
-                ids = torch.tensor([p_ids + o_ids])
+                ids = torch.tensor([p_ids + o_ids], device=self.device)
                 logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
                 lp = torch.log_softmax(logits[len(p_ids) - 1:-1], -1)
-                scores.append(float(lp[torch.arange(len(o_ids)), torch.tensor(o_ids)].mean()))
+                scores.append(float(lp[torch.arange(len(o_ids), device=lp.device), torch.tensor(o_ids, device=lp.device)].mean()))
         return scores
 
 

@@ -28,7 +28,7 @@ def parse_teacher_answer(text: str, choices: tuple[str, ...]) -> int | None:
     return best
 
 
-def build_runner(spec: dict, threads: int):
+def build_runner(spec: dict, threads: int, device: str = "cpu"):
     from bench.runners import HFRunner, LlamaCppRunner, OpenAIRunner
 
     kind = spec["kind"]
@@ -40,7 +40,8 @@ def build_runner(spec: dict, threads: int):
 
         torch.set_num_threads(threads)
         model, tok, _ = load_student(StudentConfig(model=spec["path"]))
-        return HFRunner(model.eval(), tok)
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        return HFRunner(model.to("cuda" if cuda else "cpu").eval(), tok)
     if kind == "student-onnx":
         import onnxruntime
         from optimum.onnxruntime import ORTModelForCausalLM
@@ -48,7 +49,11 @@ def build_runner(spec: dict, threads: int):
 
         opts = onnxruntime.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        return HFRunner(ORTModelForCausalLM.from_pretrained(spec["path"], session_options=opts),
+        have_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        if device == "cuda" and not have_cuda:
+            raise RuntimeError("bench.device=cuda, but onnxruntime has no CUDAExecutionProvider: pip install onnxruntime-gpu")
+        provider = "CUDAExecutionProvider" if device == "cuda" or (device == "auto" and have_cuda) else "CPUExecutionProvider"
+        return HFRunner(ORTModelForCausalLM.from_pretrained(spec["path"], session_options=opts, provider=provider),
                         AutoTokenizer.from_pretrained(spec["path"]))
     if kind == "student-gguf":
         return LlamaCppRunner(spec["path"], threads)
@@ -92,7 +97,7 @@ def main(spec_file: str) -> None:
     out = Path(spec["out"])
     student = spec["kind"].startswith("student")
     fmt = PromptFormat.load(Path(spec["prompt_format_dir"])) if student else None
-    runner = build_runner(spec, cfg.bench.threads)
+    runner = build_runner(spec, cfg.bench.threads, cfg.bench.device)
     loglik = hasattr(runner, "option_logprobs")
 
     def ask(ex):

@@ -215,6 +215,9 @@ class BenchConfig:
     """Empty = every form of the student plus every teacher."""
     timeout_s: float = 600.0
     """A contestant still running after this many seconds is stopped and reported as timed out."""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """Where the torch and ONNX students run: cpu (the edge target), cuda (torch on the GPU, onnxruntime's
+    CUDA provider from onnxruntime-gpu), auto = cuda when present. GGUF runs wherever llama.cpp was built for."""
 
 
 @dataclass
