@@ -72,3 +72,36 @@ def test_table_pools_the_question_over_datasets(monkeypatch):
     assert "| arc (3, full) | 66.7 | — | — |" in text  # 2 of 3 gold answers are option a
     assert "| arc | tinyllm | 1m00s | `cmd` |" in text  # a cell run in one sitting: its wall time as measured
     assert "| riddlesense | tinyllm | 1m00s (resumed from step-000100; last sitting only) | `cmd` |" in text
+
+
+def test_the_papers_rows_stand_beside_ours():
+    cell = {"dataset": "obqa", "n_test": 4, "accuracy": 0.5, "correct": "1100", "ci95": [0.0, 1.0], "wall_s": 1,
+            "command": "c"}
+    lines = paper_table.paper_beside_ours({("obqa", "ft-answer"): {**cell, "method": "ft-answer"},
+                                           ("obqa", "tinyllm"): {**cell, "method": "tinyllm", "accuracy": 0.75}})
+    text = "\n".join(lines)
+    # 47.60 vs 41.60: +6.0 points, +14.4% relative; its teachers 69.2 and 58.6
+    assert "| obqa | paper, 80M FLAN-T5-small | 16.6 | 37.8 | 41.6 | 47.6 | +6.0 (+14.4% rel.) | 69.2 | 58.6 |" in text
+    assert "| 50.0 | 75.0 | +25.0 (+50.0% rel.) |" in text
+    assert "| bioasq | ours, 135M SmolLM2 | — | — | — | — | not run yet |" in text
+
+
+epochs_spec = importlib.util.spec_from_file_location("paper_epochs", Path(__file__).parent.parent / "benchmarks" / "paper_epochs.py")
+paper_epochs = importlib.util.module_from_spec(epochs_spec)
+epochs_spec.loader.exec_module(paper_epochs)
+
+
+def test_epoch_cells_select_on_validation_and_name_their_variants():
+    result = {"epochs": [{"epoch": 1, "step": 1, "valid": {"accuracy_em": 0.4, "accuracy_loglik": 0.6},
+                          "test": {"accuracy_em": 0.9, "accuracy_loglik": 0.1}},
+                         {"epoch": 2, "step": 2, "valid": {"accuracy_em": 0.5, "accuracy_loglik": 0.5},
+                          "test": {"accuracy_em": 0.2, "accuracy_loglik": 0.8}}]}
+    assert paper_epochs.selected(result, "em")["epoch"] == 2  # valid decides, whatever test says
+    assert paper_epochs.selected(result, "loglik")["epoch"] == 1
+    cmd = paper_epochs.command("obqa/tinyllm/a0.5/s2")
+    assert "teachers.0.alpha=0.5" in cmd and "teachers.1.alpha=0.5" in cmd and "train.seed=2" in cmd
+    assert "data.eval_split=valid" in cmd and "train.epoch_eval=true" in cmd and "data.max_train=2000" in cmd
+    assert "rationales.keep_rejected=false" in paper_epochs.command("obqa/tinyllm/filtered")
+    assert not any("alpha" in c for c in paper_epochs.command("obqa/ft-answer"))
+    with pytest.raises(SystemExit):
+        paper_epochs.command("obqa/tinyllm/bogus")
