@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from paper_table import BIN, BUDGET, METHODS, paired  # noqa: E402
+from paper_table import BIN, BUDGET, METHODS, paired, write_section  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "paper_epochs"
 EPOCHS = 4
@@ -162,10 +162,7 @@ def main():
     for ds in sorted({c.split("/")[0] for c in load()}):
         print(f"[epochs] plot: {plot(ds)}")
     if args.write:
-        md = REPO / "benchmarks" / "results" / "paper_table_cpu.md"
-        doc = md.read_text()
-        start, end = doc.index("<!-- epochs -->") + len("<!-- epochs -->"), doc.index("<!-- /epochs -->")
-        md.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
+        write_section("epochs", text)
 
 
 if __name__ == "__main__":

@@ -285,10 +285,15 @@ def main():
     text = table()
     print(text)
     if args.write:
-        md = REPO / "benchmarks" / "results" / "paper_table_cpu.md"
-        doc = md.read_text()
-        start, end = doc.index("<!-- table -->") + len("<!-- table -->"), doc.index("<!-- /table -->")
-        md.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
+        write_section("table", text)
+
+
+def write_section(marker: str, text: str) -> None:
+    """Put `text` into benchmarks/results/paper_table_cpu.md between its `<!-- marker -->` lines."""
+    md = REPO / "benchmarks" / "results" / "paper_table_cpu.md"
+    doc = md.read_text()
+    start, end = doc.index(f"<!-- {marker} -->") + len(f"<!-- {marker} -->"), doc.index(f"<!-- /{marker} -->")
+    md.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
 
 
 if __name__ == "__main__":
