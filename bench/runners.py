@@ -39,17 +39,31 @@ def _stop_at(text: str, stops: list[str]) -> tuple[str, bool]:
 
 
 class HFRunner:
-    """transformers (torch) or optimum's ORTModelForCausalLM: the same greedy loop over past_key_values."""
+    """transformers (torch) or optimum's ORTModel (ONNX): the same greedy loop over past_key_values, for
+    decoder-only students and encoder-decoder (T5) ones (the question encoded once, the answer decoded)."""
 
     def __init__(self, model, tok):
         import inspect
 
         self.model, self.tok = model, tok
         self.device = getattr(model, "device", "cpu")  # torch on cuda, or onnxruntime's CUDA provider
+        self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         # The prompt pass needs logits at its last position only; transformers models can skip the
         # vocabulary projection elsewhere (~20% of a SmolLM2 prompt pass on CPU). ONNX models take no such argument.
-        takes = "logits_to_keep" in inspect.signature(model.forward).parameters
+        takes = "logits_to_keep" in inspect.signature(model.forward).parameters and not self.seq2seq
         self._last_logits_only = {"logits_to_keep": 1} if takes else {}
+
+    def _encode(self, ids, mask):
+        """Seq2seq: the encoder's output for the question, in the form both torch and ORT models take."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        encoder = self.model.get_encoder() if hasattr(self.model, "get_encoder") else self.model.encoder
+        return BaseModelOutput(last_hidden_state=encoder(input_ids=ids, attention_mask=mask).last_hidden_state)
+
+    def _start(self):
+        import torch
+
+        return torch.tensor([[self.model.config.decoder_start_token_id]], device=self.device)
 
     def answer(self, prompt: str, max_new_tokens: int, stops: list[str]) -> Timed:
         import torch
@@ -59,7 +73,11 @@ class HFRunner:
         new: list[int] = []
         with torch.inference_mode():
             mask = torch.ones_like(ids)
-            out = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **self._last_logits_only)
+            if self.seq2seq:
+                enc = self._encode(ids, mask)
+                out = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=self._start(), use_cache=True)
+            else:
+                out = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **self._last_logits_only)
             ttft = None
             for _ in range(max_new_tokens):
                 nxt = int(out.logits[0, -1].argmax())
@@ -70,25 +88,43 @@ class HFRunner:
                 new.append(nxt)
                 if _stop_at(self.tok.decode(new), stops)[1]:
                     break
-                mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype, device=mask.device)], dim=1)
-                out = self.model(input_ids=torch.tensor([[nxt]], device=mask.device), attention_mask=mask, past_key_values=out.past_key_values,
-                                 use_cache=True)
+                step = torch.tensor([[nxt]], device=mask.device)
+                if self.seq2seq:
+                    out = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=step,
+                                     past_key_values=out.past_key_values, use_cache=True)
+                else:
+                    mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+                    out = self.model(input_ids=step, attention_mask=mask, past_key_values=out.past_key_values,
+                                     use_cache=True)
         total = time.perf_counter() - start
         text, _ = _stop_at(self.tok.decode(new, skip_special_tokens=True), stops)
         return Timed(text, ids.shape[1], max(1, len(new)), ttft or total, total)
 
     def option_logprobs(self, prompt: str, options: list[str]) -> list[float]:
+        """Mean log-probability per option token after the prompt (seq2seq: of the option as the decoder's
+        target, the question encoded once)."""
         import torch
 
         scores = []
         p_ids = self.tok(prompt)["input_ids"]
         with torch.inference_mode():
+            if self.seq2seq:
+                ids = torch.tensor([p_ids], device=self.device)
+                mask = torch.ones_like(ids)
+                enc = self._encode(ids, mask)
             for opt in options:
                 o_ids = self.tok(" " + opt, add_special_tokens=False)["input_ids"]
-                ids = torch.tensor([p_ids + o_ids], device=self.device)
-                logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
-                lp = torch.log_softmax(logits[len(p_ids) - 1:-1], -1)
-                scores.append(float(lp[torch.arange(len(o_ids), device=lp.device), torch.tensor(o_ids, device=lp.device)].mean()))
+                if self.seq2seq:
+                    dec = torch.cat([self._start(), torch.tensor([o_ids[:-1]], device=self.device, dtype=torch.long)], 1)
+                    logits = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=dec,
+                                        use_cache=False).logits[0].float()
+                    lp = torch.log_softmax(logits, -1)
+                else:
+                    ids = torch.tensor([p_ids + o_ids], device=self.device)
+                    logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
+                    lp = torch.log_softmax(logits[len(p_ids) - 1:-1], -1)
+                targets = torch.tensor(o_ids, device=lp.device)
+                scores.append(float(lp[torch.arange(len(o_ids), device=lp.device), targets].mean()))
         return scores
 
 

@@ -44,8 +44,8 @@ def build_runner(spec: dict, threads: int, device: str = "cpu"):
         return HFRunner(model.to("cuda" if cuda else "cpu").eval(), tok)
     if kind == "student-onnx":
         import onnxruntime
-        from optimum.onnxruntime import ORTModelForCausalLM
-        from transformers import AutoTokenizer
+        from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
+        from transformers import AutoConfig, AutoTokenizer
 
         opts = onnxruntime.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
@@ -53,7 +53,9 @@ def build_runner(spec: dict, threads: int, device: str = "cpu"):
         if device == "cuda" and not have_cuda:
             raise RuntimeError("bench.device=cuda, but onnxruntime has no CUDAExecutionProvider: pip install onnxruntime-gpu")
         provider = "CUDAExecutionProvider" if device == "cuda" or (device == "auto" and have_cuda) else "CPUExecutionProvider"
-        return HFRunner(ORTModelForCausalLM.from_pretrained(spec["path"], session_options=opts, provider=provider),
+        seq2seq = getattr(AutoConfig.from_pretrained(spec["path"]), "is_encoder_decoder", False)
+        ort_class = ORTModelForSeq2SeqLM if seq2seq else ORTModelForCausalLM
+        return HFRunner(ort_class.from_pretrained(spec["path"], session_options=opts, provider=provider),
                         AutoTokenizer.from_pretrained(spec["path"]))
     if kind == "student-gguf":
         return LlamaCppRunner(spec["path"], threads)

@@ -211,11 +211,16 @@ def device_readme(fmt: str, quant: str, out: Path, info: dict, report: dict, stu
                   "With `llama-server --jinja`, send the question block (`Q: …\\nAnswer Choices:\\n(a) …`) as the user",
                   "message; the embedded chat template adds the task prefix and `Answer:`."]
     else:
-        lines += ["## Run with onnxruntime", "", "```python", "from optimum.onnxruntime import ORTModelForCausalLM",
+        seq2seq = bool(json.loads((student / "config.json").read_text()).get("is_encoder_decoder"))
+        ort_class = "ORTModelForSeq2SeqLM" if seq2seq else "ORTModelForCausalLM"
+        # An encoder-decoder generates the answer alone; a decoder-only one continues the prompt.
+        answer = "out[0]" if seq2seq else "out[0][ids['input_ids'].shape[1]:]"
+        lines += ["## Run with onnxruntime", "", "```python", f"from optimum.onnxruntime import {ort_class}",
                   "from transformers import AutoTokenizer", "tok = AutoTokenizer.from_pretrained('.')",
-                  "model = ORTModelForCausalLM.from_pretrained('.')",
+                  f"model = {ort_class}.from_pretrained('.')",
                   f"ids = tok({prompt!r}, return_tensors='pt')",
-                  "print(tok.decode(model.generate(**ids, max_new_tokens=32, do_sample=False)[0][ids['input_ids'].shape[1]:]))",
+                  "out = model.generate(**ids, max_new_tokens=32, do_sample=False)",
+                  f"print(tok.decode({answer}, skip_special_tokens=True))",
                   "```"]
     lines += ["", "## Parity against the torch student", "",
               f"On {report['prompts']} prompts from {report['prompt_source']} ({report['positions']} positions):", "",
