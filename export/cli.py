@@ -14,6 +14,7 @@ EXAMPLES = """\b
 examples:
   tinyllm-export runs/quickstart/student --format gguf --quant q4_k_m --out runs/quickstart/gguf
   tinyllm-export runs/quickstart/student --format onnx --quant int8 --out runs/quickstart/onnx
+  tinyllm-export runs/paper-epochs/obqa/tinyllm/student --format gguf --quant auto --max-drop 1
   tinyllm-export --run <MLFLOW_RUN_ID> --format gguf --out student-gguf
 """
 
@@ -22,7 +23,10 @@ examples:
 @click.argument("source", required=False)
 @click.argument("overrides", nargs=-1)
 @click.option("--format", "fmt", type=click.Choice(["onnx", "gguf"]), required=True, help="Target runtime format.")
-@click.option("--quant", help="gguf: f16, q8_0 or q4_k_m (what people ship); onnx: none or int8 (dynamic quantization).")
+@click.option("--quant", help="gguf: f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, or auto (the smallest within --max-drop of "
+              "torch's accuracy on the validation split); onnx: none or int8 (weight-only).")
+@click.option("--max-drop", type=float, help="--quant auto: exact-match points a GGUF may lose against torch "
+              "(export.max_accuracy_drop, default 1).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (self-contained: model, tokenizer, parity report, README); default: exports/<format>-<quant> beside the student.")
 @click.option("--run", "run_id", help="Export the student of this distill run (MLflow run id) instead of SOURCE.")
 @click.option("-c", "--config", type=click.Path(dir_okay=False), help="YAML config whose export: section sets thresholds.")
@@ -30,7 +34,7 @@ examples:
 @click.option("--no-mlflow", is_flag=True, help="Do not log the export back to the source run.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (refused otherwise).")
 @user_errors
-def main(source, overrides, fmt, quant, out, run_id, config, dry_run, no_mlflow, overwrite):
+def main(source, overrides, fmt, quant, max_drop, out, run_id, config, dry_run, no_mlflow, overwrite):
     """Turn a trained student (SOURCE: a local folder, runs:/… or models:/name/version) into ONNX or GGUF.
 
     Every export is checked against the torch model on real prompts; a parity failure exits
@@ -45,6 +49,8 @@ def main(source, overrides, fmt, quant, out, run_id, config, dry_run, no_mlflow,
     from export.pipeline import check_quant
 
     quant = check_quant(fmt, quant)  # before anything is read or downloaded
+    if max_drop is not None:
+        overrides = (*overrides, f"export.max_accuracy_drop={max_drop}")
     cfg = load_config(config, overrides)
     # Default: beside the student, where tinyllm-bench looks for its exported forms.
     student = Path(source) if source and Path(source).is_dir() else layout.student_dir(cfg.output_dir)

@@ -18,7 +18,8 @@ from distill import layout
 from distill.errors import UserError, require
 from distill.models import PRE_TOKENIZERS
 
-QUANTS = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M"}
+QUANTS = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q6_k": "MOSTLY_Q6_K", "q5_k_m": "MOSTLY_Q5_K_M",
+          "q4_k_m": "MOSTLY_Q4_K_M", "q4_0": "MOSTLY_Q4_0"}
 SUPPORTED = {"LlamaForCausalLM": "LLAMA", "Qwen2ForCausalLM": "QWEN2"}
 
 
@@ -169,12 +170,15 @@ def _quiet_native_stderr():
         os.close(saved)
 
 
-def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> None:
+def quantize(src: Path, dst: Path, quant: str, threads: int = 0, embeddings_q8: bool = False) -> None:
+    """llama.cpp's own quantizer; `embeddings_q8` keeps the token embedding and output tensor at q8_0."""
     llama_cpp = require("llama_cpp", "llama-cpp-python")
     gguf = require("gguf")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(gguf.LlamaFileType, QUANTS[quant]).value
     params.nthread = threads
+    if embeddings_q8:
+        params.token_embedding_type = params.output_tensor_type = llama_cpp.GGML_TYPE_Q8_0
     with _quiet_native_stderr():  # llama.cpp prints a line per tensor; the parity report says what matters
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0:

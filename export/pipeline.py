@@ -84,8 +84,8 @@ def check_quant(fmt: str, quant: str | None) -> str:
     from export.gguf import QUANTS
 
     quant = quant or ("q4_k_m" if fmt == "gguf" else "none")
-    if fmt == "gguf" and quant not in QUANTS:
-        raise UserError(f"--quant {quant} is not a GGUF option; use one of {', '.join(QUANTS)}.")
+    if fmt == "gguf" and quant not in QUANTS and quant != "auto":
+        raise UserError(f"--quant {quant} is not a GGUF option; use one of {', '.join(QUANTS)}, or auto.")
     if fmt == "onnx" and quant not in ("none", "int8"):
         raise UserError(f"--quant {quant} is not an ONNX option; use none or int8.")
     return quant
@@ -104,6 +104,10 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     hf_cfg = json.loads((student / "config.json").read_text())
     if fmt == "gguf":
         gguf_mod.check_supported(hf_cfg)
+    if quant == "auto":  # refused before any work when the student's data has no validation split
+        from export.auto import validation_questions
+
+        auto_questions = validation_questions(student, cfg, cfg.export.auto_questions)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it, or choose another --out.")
     if source_run is None:
@@ -117,11 +121,31 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     out.mkdir(parents=True)
     write_resolved(cfg, out)
     t0 = time.perf_counter()
+    model, tok, _ = load_student(StudentConfig(model=str(student)))
+    model.eval()
+    auto = None
     if fmt == "gguf":
         f16 = out / "student-f16.gguf"
         info = gguf_mod.write_f16(student, f16)
         model_file = f16
-        if quant != "f16":
+        if quant == "auto":
+            from export.auto import NoCandidateFits, choose
+
+            try:
+                auto = choose(f16, out, student, model, tok, cfg, auto_questions)
+            except NoCandidateFits as exc:
+                f16.unlink()
+                if final.exists():
+                    shutil.rmtree(final)
+                out.rename(final)
+                report = exc.args[0]
+                raise ParityFailure(f"no GGUF candidate stays within {report['max_accuracy_drop']:g} point(s) of the torch "
+                                    f"student's exact match ({report['torch_em']:.1f}% on {report['split']}); every "
+                                    f"candidate's numbers are in {final / 'auto.json'}: raise --max-drop or keep f16.")
+            quant = auto["chosen"]
+            model_file = out / f"student-{quant}.gguf"
+            f16.unlink()
+        elif quant != "f16":
             model_file = out / f"student-{quant}.gguf"
             gguf_mod.quantize(f16, model_file, quant)
             f16.unlink()
@@ -134,8 +158,6 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     log(f"[export] wrote {fmt} ({quant}) to {final} in {seconds:.1f}s; checking parity against torch")
 
     prompts, prompt_source = task_prompts(student, cfg, cfg.export.parity_prompts)
-    model, tok, _ = load_student(StudentConfig(model=str(student)))
-    model.eval()
     if fmt == "gguf":
         report = parity.gguf_parity(model, tok, out / info["file"], prompts)
     elif hf_cfg.get("is_encoder_decoder"):
@@ -148,6 +170,8 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
         checks[f"max_abs_logit_diff <= {ec.max_logit_diff}"] = report["max_abs_logit_diff"] <= ec.max_logit_diff
         if "generation_match" in report:
             checks["same generated text"] = report["generation_match"] == 1.0
+    elif auto is not None:  # chosen by task accuracy within the budget; top-1 and KL are reported, not held
+        checks[f"exact-match drop <= {auto['max_accuracy_drop']:g} points"] = True
     else:
         top1, kl = ec.min_top1_agreement.get(quant, 0.9), ec.max_mean_kl.get(quant, 0.1)
         checks[f"top1_agreement >= {top1}"] = report["top1_agreement"] >= top1
@@ -156,7 +180,7 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
                    "passed": all(checks.values()), "export_seconds": round(seconds, 2), "student": str(student),
                    "size_bytes": sum(f.stat().st_size for f in out.glob("*.onnx*")) if fmt == "onnx"
                    else (out / info["file"]).stat().st_size, "hardware": f"{platform.machine()} {platform.system()}",
-                   **info})
+                   **info, **({"auto": auto} if auto else {})})
     (out / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "README.md").write_text(device_readme(fmt, quant, out, info, report, student))
     if final.exists():
@@ -182,6 +206,9 @@ def log_to_source_run(cfg: Config, run_id: str, out: Path, fmt: str, quant: str,
     key = f"{fmt}-{quant}"
     with mlflow.start_run(run_id=run_id):
         mlflow.log_params({f"export.{key}.parity_prompts": report["prompts"], f"export.{key}.size_bytes": report["size_bytes"]})
+        for c in (report.get("auto") or {}).get("candidates", []):
+            mlflow.log_metrics({f"export.auto.{c['name']}.{k}": float(c[k]) for k in ("size_bytes", "em", "drop_points",
+                                                                                      "agreement")})
         mlflow.log_metrics({f"export.{key}.max_abs_logit_diff": report["max_abs_logit_diff"],
                             f"export.{key}.top1_agreement": report["top1_agreement"],
                             f"export.{key}.mean_kl": report["mean_kl"], f"export.{key}.passed": float(report["passed"])})
@@ -222,6 +249,10 @@ def device_readme(fmt: str, quant: str, out: Path, info: dict, report: dict, stu
                   "out = model.generate(**ids, max_new_tokens=32, do_sample=False)",
                   f"print(tok.decode({answer}, skip_special_tokens=True))",
                   "```"]
+    if report.get("auto"):
+        from export.auto import readme_lines
+
+        lines += [""] + readme_lines(report["auto"])
     lines += ["", "## Parity against the torch student", "",
               f"On {report['prompts']} prompts from {report['prompt_source']} ({report['positions']} positions):", "",
               f"- max |logit difference|: {report['max_abs_logit_diff']:.4g}",

@@ -126,7 +126,7 @@ def test_bad_inputs_get_one_sentence_and_leave_nothing_complete_looking(tiny_bpe
     assert r.returncode == 2 and "is not a readable safetensors file" in r.stderr and "Traceback" not in r.stderr
 
     r = export(str(tiny_bpe_student), "--format", "gguf", "--quant", "q3_weird", "--out", str(tmp_path / "c"), cwd=tmp_path)
-    assert r.returncode == 2 and "--quant q3_weird is not a GGUF option; use one of f16, q8_0, q4_k_m." in r.stderr
+    assert r.returncode == 2 and "--quant q3_weird is not a GGUF option; use one of f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, or auto." in r.stderr
     r = export(str(tiny_bpe_student), "--format", "onnx", "--quant", "q4_k_m", "--out", str(tmp_path / "c"), cwd=tmp_path)
     assert r.returncode == 2 and "is not an ONNX option" in r.stderr
 
@@ -168,3 +168,55 @@ def test_onnx_int8_is_weight_only_and_close_to_torch(tiny_bpe_student, tmp_path)
 
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / "model.onnx"), load_external_data=False).graph.node}
     assert "MatMulNBits" in ops and "DynamicQuantizeLinear" not in ops  # weights int8, activations untouched
+
+
+def student_with_validation_data(tiny_bpe_student, tmp_path) -> Path:
+    """A student folder inside a run whose resolved config names a dataset with a validation split."""
+    import shutil
+
+    from test_epochs import write_split_data
+
+    write_split_data(tmp_path / "data")
+    shutil.copytree(tiny_bpe_student, tmp_path / "run" / "student")
+    (tmp_path / "run" / "resolved_config.yaml").write_text(f"data: {{name: jsonl, path: {tmp_path / 'data'}}}\n")
+    return tmp_path / "run" / "student"
+
+
+def test_quant_auto_keeps_the_smallest_candidate_within_the_budget(tiny_bpe_student, tmp_path):
+    student = student_with_validation_data(tiny_bpe_student, tmp_path)
+    r = export(str(student), "--format", "gguf", "--quant", "auto", "--max-drop", "1", "--no-mlflow",
+               "export.parity_prompts=5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "run" / "exports" / "gguf-auto"
+    report = json.loads((out / "parity.json").read_text())
+    auto = report["auto"]
+    assert auto["split"] == "jsonl/valid" and auto["questions"] == 8  # chosen on validation, never on test
+    names = [c["name"] for c in auto["candidates"]]
+    assert sorted(names) == sorted(["q4_0", "q4_0-e8", "q4_k_m", "q4_k_m-e8", "q5_k_m", "q5_k_m-e8", "q6_k", "q6_k-e8",
+                                    "q8_0"])
+    sizes = [c["size_bytes"] for c in auto["candidates"]]
+    assert sizes == sorted(sizes)  # tried from the smallest up
+    fits = [c for c in auto["candidates"] if c["drop_points"] <= 1]
+    assert auto["chosen"] == fits[0]["name"] == report["quant"]
+    assert [f.name for f in out.glob("*.gguf")] == [f"student-{auto['chosen']}.gguf"]  # the others are not kept
+    assert "--quant auto" in (out / "README.md").read_text()
+
+
+def test_quant_auto_refuses_in_one_sentence_when_nothing_fits(tiny_bpe_student, tmp_path):
+    student = student_with_validation_data(tiny_bpe_student, tmp_path)
+    # A budget no candidate can meet: it would have to beat the torch student by 200 points.
+    r = export(str(student), "--format", "gguf", "--quant", "auto", "--max-drop", "-200", "--no-mlflow", cwd=tmp_path)
+    assert r.returncode == 1 and "no GGUF candidate stays within -200 point(s)" in r.stderr and "Traceback" not in r.stderr
+    kept = json.loads((tmp_path / "run" / "exports" / "gguf-auto" / "auto.json").read_text())
+    assert len(kept["candidates"]) == 9 and kept["chosen"] is None
+    assert not list((tmp_path / "run" / "exports" / "gguf-auto").glob("*.gguf"))
+
+
+def test_quant_auto_needs_a_validation_split(tiny_bpe_student, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_bpe_student, tmp_path / "run" / "student")
+    (tmp_path / "run" / "resolved_config.yaml").write_text("data: {name: demo, eval_split: test}\n")
+    r = export(str(tmp_path / "run" / "student"), "--format", "gguf", "--quant", "auto", "--no-mlflow", cwd=tmp_path)
+    assert r.returncode == 2 and "--quant auto chooses on a validation split, and demo has none" in r.stderr
+    assert not list((tmp_path / "run").glob("exports/*"))  # refused before any work

@@ -1,0 +1,122 @@
+"""`--quant auto`: the smallest GGUF whose task accuracy stays within a budget of the torch student's.
+
+Every candidate (q4_0, q4_k_m, q5_k_m, q6_k, q8_0, and the first four with the token embedding and
+output tensor kept at q8_0) is quantized from one f16 file and answers the student's *validation*
+questions greedily through llama.cpp; its exact-match accuracy (the generated first line is the gold
+option's text) is compared with the torch student's on the same questions. The smallest file whose
+drop is at most `export.max_accuracy_drop` points wins. The test split is never used to choose.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distill import layout
+from distill.errors import UserError, require
+from distill.progress import Progress, log
+
+# (name, llama.cpp quantization, keep token embedding / output tensor at q8_0)
+CANDIDATES = [("q4_0", "q4_0", False), ("q4_0-e8", "q4_0", True), ("q4_k_m", "q4_k_m", False),
+              ("q4_k_m-e8", "q4_k_m", True), ("q5_k_m", "q5_k_m", False), ("q5_k_m-e8", "q5_k_m", True),
+              ("q6_k", "q6_k", False), ("q6_k-e8", "q6_k", True), ("q8_0", "q8_0", False)]
+
+
+class NoCandidateFits(Exception):
+    """No candidate stays within the accuracy budget (its measurements are kept)."""
+
+
+def validation_questions(student: Path, cfg, n: int) -> tuple[list, str]:
+    """The student's validation questions: its dataset's `valid` split, or data.eval_split when that is
+    not the test split."""
+    from distill.config import DataConfig, load_section
+    from distill.data import load_dataset
+
+    resolved = layout.run_of(student) / layout.RESOLVED_CONFIG
+    data = load_section(resolved, "data", DataConfig) if resolved.exists() else cfg.data
+    ds = load_dataset(data.name, data.path)
+    split = "valid" if "valid" in ds.splits else data.eval_split
+    if split == data.test_split or split not in ds.splits:
+        raise UserError(f"--quant auto chooses on a validation split, and {ds.name} has none (splits: "
+                        f"{', '.join(ds.splits)}); pick a --quant yourself, or train on data with a valid split.")
+    return ds.split(split)[:n], f"{ds.name}/{split}"
+
+
+def torch_answers(model, tok, fmt, examples) -> list[str]:
+    from distill.evaluation import generate_answer
+
+    progress = Progress("auto torch", len(examples), log, unit="questions")
+    out = []
+    for ex in examples:
+        out.append(generate_answer(model, tok, fmt, ex).strip().split("\n")[0].strip())
+        progress.update(1)
+    return out
+
+
+def gguf_answers(path: Path, fmt, examples, threads: int | None = None) -> list[str]:
+    llama_cpp = require("llama_cpp", "llama-cpp-python")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads=threads, verbose=False)
+    try:
+        out = []
+        for ex in examples:
+            r = llm.create_completion(fmt.answer_prompt(ex), max_tokens=32, temperature=0.0, stop=["\n"])
+            out.append(r["choices"][0]["text"].strip().split("\n")[0].strip())
+        return out
+    finally:
+        llm.close()
+
+
+def choose(f16: Path, out_dir: Path, student: Path, model, tok, cfg, questions: tuple[list, str]) -> dict:
+    """Quantize every candidate, score each on the validation questions, keep the smallest within budget
+    as `student-<name>.gguf`; returns the measurements (raises NoCandidateFits after writing nothing else)."""
+    from distill.student import PromptFormat, exact_match
+    from export.gguf import quantize
+
+    budget = cfg.export.max_accuracy_drop
+    examples, where = questions
+    fmt = PromptFormat.load(student)
+    log(f"[export] --quant auto: {len(CANDIDATES)} candidates on {len(examples)} questions of {where}, "
+        f"budget {budget:g} point(s) of exact match below torch")
+    ref = torch_answers(model, tok, fmt, examples)
+    gold = [ex.answer_text for ex in examples]
+    torch_em = 100 * sum(exact_match(a, g) for a, g in zip(ref, gold)) / len(examples)
+    files = []
+    for name, quant, keep_q8 in CANDIDATES:
+        path = out_dir / f"candidate-{name}.gguf"
+        quantize(f16, path, quant, embeddings_q8=keep_q8)
+        files.append((path.stat().st_size, name, quant, keep_q8, path))
+    files.sort()
+    results, chosen = [], None
+    for size, name, quant, keep_q8, path in files:
+        answers = gguf_answers(path, fmt, examples)
+        em = 100 * sum(exact_match(a, g) for a, g in zip(answers, gold)) / len(examples)
+        rec = {"name": name, "quant": quant, "embeddings_q8_0": keep_q8, "size_bytes": size, "em": round(em, 2),
+               "drop_points": round(torch_em - em, 2), "agreement": round(sum(a == r for a, r in zip(answers, ref)) / len(ref), 4),
+               "within_budget": torch_em - em <= budget}
+        results.append(rec)
+        log(f"[export] auto {name}: {size / 1e6:.1f} MB, EM {em:.1f} (torch {torch_em:.1f}), same answer as torch "
+            f"{100 * rec['agreement']:.0f}%" + (" — smallest within budget" if rec["within_budget"] and chosen is None else ""))
+        if rec["within_budget"] and chosen is None:
+            chosen = rec
+    report = {"max_accuracy_drop": budget, "metric": "exact match of the generated first line to the gold option text",
+              "questions": len(examples), "split": where, "torch_em": round(torch_em, 2), "candidates": results,
+              "chosen": chosen["name"] if chosen else None}
+    for _, name, _, _, path in files:
+        if chosen is None or name != chosen["name"]:
+            path.unlink()
+    if chosen is None:
+        (out_dir / "auto.json").write_text(json.dumps(report, indent=2) + "\n")
+        raise NoCandidateFits(report)
+    (out_dir / f"candidate-{chosen['name']}.gguf").rename(out_dir / f"student-{chosen['name']}.gguf")
+    return report
+
+
+def readme_lines(auto: dict) -> list[str]:
+    lines = ["## How this quantization was chosen (`--quant auto`)", "",
+             f"Smallest file whose exact-match accuracy on {auto['questions']} questions of {auto['split']} stays within "
+             f"{auto['max_accuracy_drop']:g} point(s) of the torch student ({auto['torch_em']:.1f}%):", "",
+             "| candidate | size | exact match | drop (points) | same answer as torch |", "|---|---:|---:|---:|---:|"]
+    for c in auto["candidates"]:
+        mark = " **(chosen)**" if c["name"] == auto["chosen"] else ""
+        lines.append(f"| {c['name']}{mark} | {c['size_bytes'] / 1e6:.1f} MB | {c['em']:.1f}% | {c['drop_points']:+.1f} | "
+                     f"{100 * c['agreement']:.0f}% |")
+    return lines + [""]
