@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "llama-cpp-python[server]==0.3.36",
     # 3.18.0 has no matching mlflow-skinny on PyPI.
     "mlflow==3.17.*",
+    # The `openai` teacher backend and bench's streamed timing (retries with backoff, Retry-After, SSE).
+    "openai>=1.40",
     "click>=8.1",
     "rich>=13",
     "matplotlib",

@@ -191,7 +191,8 @@ class LlamaCppRunner:
 
 
 class OpenAIRunner:
-    """A teacher behind an OpenAI-compatible server: latency is what the client sees, streamed."""
+    """A teacher behind an OpenAI-compatible server: latency is what the client sees, streamed, so the time
+    to the first token is measured, not set equal to the total."""
 
     def __init__(self, tcfg):
         from distill.teachers import OpenAITeacher
@@ -205,8 +206,15 @@ class OpenAIRunner:
 
         t = self.teacher
         t.cfg = dataclasses.replace(t.cfg, max_new_tokens=max_new_tokens)
-        start = time.perf_counter()
-        gen = t._one(TeacherPrompt("q", [{"role": "user", "content": prompt}], prompt))
+        start, ttft, pieces = time.perf_counter(), None, []
+        for chunk in t.request(TeacherPrompt("q", [{"role": "user", "content": prompt}], prompt), stream=True):
+            if not chunk.choices:  # a closing chunk that carries only usage
+                continue
+            piece = (chunk.choices[0].delta.content if t.chat else chunk.choices[0].text) or ""
+            if piece:
+                ttft = ttft if ttft is not None else time.perf_counter() - start
+                pieces.append(piece)
         total = time.perf_counter() - start
-        text, _ = _stop_at(gen.text, stops)
-        return Timed(text, 0, max(1, gen.completion_tokens), total, total)
+        text, _ = _stop_at("".join(pieces), stops)
+        # Servers stream about one token per chunk (llama.cpp, vLLM): the chunk count stands for the token count.
+        return Timed(text, 0, max(1, len(pieces)), ttft if ttft is not None else total, total)

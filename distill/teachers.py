@@ -7,12 +7,8 @@ has already handed over everything it finished.
 """
 from __future__ import annotations
 
-import json
 import os
-import random
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Iterator, Protocol
@@ -165,21 +161,26 @@ class TransformersTeacher:
 class OpenAITeacher:
     """Any OpenAI-compatible server (vLLM, llama.cpp server, Ollama, TGI): the path to big teachers.
 
-    Concurrent requests up to `concurrency`; 429 and 5xx answers and refused connections are retried
-    with exponential backoff; a request that gets no answer within `timeout_s` stops the run with a
-    clear error after every finished rationale has been handed over.
+    Through the maintained `openai` client: concurrent requests up to `concurrency`; 408/409/429/5xx
+    answers, refused connections and timeouts are retried with exponential backoff (honouring
+    Retry-After) up to RETRIES times; then the run stops with one clear sentence, after every finished
+    rationale has been handed over.
     """
 
     RETRIES = 4
 
     def __init__(self, cfg: TeacherConfig, threads: int | None = None, seed: int = 0):
+        openai = require("openai")
         self.cfg = cfg
         self.base = cfg.base_url.rstrip("/")
-        self.key = None
+        key = None
         if cfg.api_key_env:
-            self.key = os.environ.get(cfg.api_key_env)
-            if not self.key:
+            key = os.environ.get(cfg.api_key_env)
+            if not key:
                 raise UserError(f"teacher '{cfg.name}': the environment variable {cfg.api_key_env} (its API key) is not set.")
+        # The client insists on a key; servers without auth (vLLM, llama.cpp) ignore this placeholder.
+        self.client = openai.OpenAI(base_url=self.base, api_key=key or "no-key", max_retries=self.RETRIES,
+                                    timeout=cfg.timeout_s)
         self.chat = True if cfg.chat is None else cfg.chat
         self.seed = seed
 
@@ -189,45 +190,35 @@ class OpenAITeacher:
     def uses_chat(self) -> bool:
         return self.chat
 
-    def _post(self, path: str, body: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        data = json.dumps(body).encode()
-        delay = 0.5
-        for attempt in range(self.RETRIES + 1):
-            req = urllib.request.Request(self.base + path, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as exc:
-                retryable = exc.code == 429 or exc.code >= 500
-                if not retryable or attempt == self.RETRIES:
-                    detail = exc.read()[:200].decode(errors="replace")
-                    raise UserError(f"teacher '{self.cfg.name}': {self.base}{path} answered HTTP {exc.code} ({detail.strip()}).") from None
-            except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
-                reason = getattr(exc, "reason", exc)
-                if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
-                    raise UserError(f"teacher '{self.cfg.name}': {self.base} gave no answer within {self.cfg.timeout_s:g}s "
-                                    "(teachers.N.timeout_s); rationales already received are saved, re-run to continue.") from None
-                if attempt == self.RETRIES:
-                    raise UserError(f"teacher '{self.cfg.name}': cannot reach {self.base} ({reason}); is the server running?") from None
-            time.sleep(delay * (1 + random.random() * 0.1))
-            delay *= 2
-        raise AssertionError("unreachable")
+    def request(self, p: TeacherPrompt, stream: bool = False):
+        """The completion (or its stream of chunks), with the client's errors as one-sentence UserErrors."""
+        import openai
+
+        common = {"model": self.cfg.model, "max_tokens": self.cfg.max_new_tokens, "temperature": self.cfg.temperature,
+                  "seed": self.seed, "stream": stream}
+        where = f"{self.base}/{'chat/completions' if self.chat else 'completions'}"
+        try:
+            if self.chat:
+                return self.client.chat.completions.create(messages=p.messages, **common)
+            return self.client.completions.create(prompt=p.text, stop=COMPLETION_STOPS, **common)
+        except openai.APITimeoutError:
+            raise UserError(f"teacher '{self.cfg.name}': {self.base} gave no answer within {self.cfg.timeout_s:g}s "
+                            f"({self.RETRIES + 1} tries; teachers.N.timeout_s); rationales already received are saved, "
+                            "re-run to continue.") from None
+        except openai.APIConnectionError as exc:
+            raise UserError(f"teacher '{self.cfg.name}': cannot reach {self.base} ({exc.__cause__ or exc}); "
+                            "is the server running?") from None
+        except openai.APIStatusError as exc:
+            detail = exc.response.text[:200].strip()
+            raise UserError(f"teacher '{self.cfg.name}': {where} answered HTTP {exc.status_code} ({detail}).") from None
 
     def _one(self, p: TeacherPrompt) -> Generation:
         start = time.perf_counter()
-        common = {"model": self.cfg.model, "max_tokens": self.cfg.max_new_tokens, "temperature": self.cfg.temperature,
-                  "seed": self.seed}
-        if self.chat:
-            out = self._post("/chat/completions", {**common, "messages": p.messages})
-            text = out["choices"][0]["message"].get("content") or ""
-        else:
-            out = self._post("/completions", {**common, "prompt": p.text, "stop": COMPLETION_STOPS})
-            text = out["choices"][0].get("text", "")
-        return Generation(text, out["choices"][0].get("finish_reason") or "stop",
-                          (out.get("usage") or {}).get("completion_tokens", 0), time.perf_counter() - start)
+        out = self.request(p)
+        choice = out.choices[0]
+        text = (choice.message.content or "") if self.chat else (choice.text or "")
+        tokens = out.usage.completion_tokens if out.usage else 0
+        return Generation(text, choice.finish_reason or "stop", tokens, time.perf_counter() - start)
 
     def generate(self, prompts):
         pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency))

@@ -115,11 +115,12 @@ def test_gives_up_after_retries_with_a_clear_error(server_factory, monkeypatch):
     assert srv.requests == 2
 
 
-def test_silent_server_times_out_and_keeps_what_was_received(server_factory):
+def test_silent_server_times_out_and_keeps_what_was_received(server_factory, monkeypatch):
+    monkeypatch.setattr(OpenAITeacher, "RETRIES", 1)  # a timeout is retried like a 5xx: two tries of 1 s here
     srv = server_factory(hang_after=2)
     received = []
     start = time.perf_counter()
-    with pytest.raises(UserError, match=r"gave no answer within 1s .*already received are saved"):
+    with pytest.raises(UserError, match=r"gave no answer within 1s \(2 tries; .*already received are saved"):
         for i, gen in teacher(srv.url, concurrency=1, timeout_s=1.0).generate([teacher_prompt(e, []) for e in EXS]):
             received.append(i)
     assert received == [0, 1]
@@ -170,3 +171,74 @@ teachers:
     report = json.loads(r.stdout)
     assert report["remote"]["generated"] == 60 - report["remote"]["cached"]
     assert report["remote"]["cached"] >= before - 1  # at most a partial line was lost
+
+
+def test_retry_after_is_honoured(server_factory, monkeypatch):
+    """A 429 with Retry-After: the client waits at least that long before the next try."""
+    monkeypatch.setattr(OpenAITeacher, "RETRIES", 2)
+    srv = server_factory()
+    calls = []
+
+    class Busy(srv.httpd.RequestHandlerClass):
+        def do_POST(self):
+            calls.append(time.perf_counter())
+            if len(calls) == 1:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(429)
+                self.send_header("Retry-After", "2")
+                self.send_header("Content-Length", "4")
+                self.end_headers()
+                self.wfile.write(b"busy")
+                return
+            super().do_POST()
+
+    srv.httpd.RequestHandlerClass = Busy
+    got = dict(teacher(srv.url, concurrency=1).generate([teacher_prompt(EXS[1], [])]))
+    assert got[0].text.endswith("(b) y.") and len(calls) == 2
+    assert calls[1] - calls[0] >= 1.9  # the server asked for 2 s; the client's own backoff would start at 0.5 s
+
+
+def test_bench_measures_time_to_first_token_by_streaming():
+    """The bench's openai runner streams: the first token's time is when it arrived, not the total."""
+    import threading
+
+    from bench.runners import OpenAIRunner
+
+    release = threading.Event()
+
+    class Streamer(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            assert body["stream"] is True
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+
+            def send(piece):
+                chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                         "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+
+            send("The answer")
+            release.wait(timeout=1.0)  # a slow model: the rest comes a second after the first token
+            for piece in (" is", " (b)."):
+                send(piece)
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Streamer)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        runner = OpenAIRunner(TeacherConfig(name="t", backend="openai", model="m",
+                                            base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1"))
+        timed = runner.answer("Q?", 16, [])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert timed.text == "The answer is (b)." and timed.new_tokens == 3
+    assert timed.ttft_s < timed.total_s - 0.5  # the first token came a second before the rest
