@@ -18,11 +18,13 @@ examples:
 
 @click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("overrides", nargs=-1)
-@click.option("-c", "--config", type=click.Path(dir_okay=False), help="The distill config: its data, teachers and student.")
+@click.option("-c", "--config", type=click.Path(dir_okay=False), help="The distill config: its data, teachers and "
+                                                                      "student.")
 @click.option("--limit", type=int, help="Use only the first N test questions.")
 @click.option("--contestants", help="Comma-separated subset of contestants (default: all).")
 @click.option("--threads", type=int, help="CPU threads for every runtime (fixed and reported).")
-@click.option("--student", type=click.Path(file_okay=False), help="The student folder (default: <output_dir>/student); its exports are found beside it.")
+@click.option("--student", type=click.Path(file_okay=False), help="The student folder (default: "
+                                                                  "<output_dir>/student); its exports are found beside it.")
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default: <output_dir>/bench).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log a bench run to MLflow.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the contestants found, then exit.")
@@ -50,7 +52,8 @@ def main(overrides, config, limit, contestants, threads, student, out, no_mlflow
     from bench.run import bench
 
     bench(cfg, student_dir if student_dir.exists() else None, out_dir, track=not no_mlflow)
-    click.echo(f"\nreport: {out_dir / 'report.md'}  plots: {out_dir / 'accuracy_vs_latency.png'}, {out_dir / 'accuracy_vs_size.png'}")
+    click.echo(f"\nreport: {out_dir / 'report.md'}  plots: {out_dir / 'accuracy_vs_latency.png'}, "
+               f"{out_dir / 'accuracy_vs_size.png'}")
 
 
 if __name__ == "__main__":

@@ -29,15 +29,15 @@ def write_report(results: list[dict], meta: dict, out: Path) -> dict:
                     r[f"delta_vs_torch_{m}"] = r[f"accuracy_{m}"] - torch_student[f"accuracy_{m}"]
 
     lines = [f"# TinyLLM bench: {meta['dataset']} / {meta['split']} ({meta['questions']} questions)", "",
-             f"Hardware: {meta['hardware']}. Threads: {meta['threads']}. Warm-up: {meta['warmup']} question(s), untimed. "
-             f"{meta['date']}.", "", meta["method"], "",
-             "| contestant | runtime | acc EM % [95% CI] | Δ vs torch | acc loglik % [95% CI] | p50 s/q | p95 s/q | TTFT p50 s "
-             "| decode tok/s | prompt tok/s | peak RSS MB | size MB | speed-up vs largest teacher | size ratio |",
+             f"Hardware: {meta['hardware']}. Threads: {meta['threads']}. "
+             f"Warm-up: {meta['warmup']} question(s), untimed. {meta['date']}.", "", meta["method"], "",
+             "| contestant | runtime | acc EM % [95% CI] | Δ vs torch | acc loglik % [95% CI] | p50 s/q | p95 s/q "
+             "| TTFT p50 s | decode tok/s | prompt tok/s | peak RSS MB | size MB | speed-up vs largest teacher | size ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r["status"] != "ok":
-            lines.append(f"| {r['name']} | {r['runtime']} | **{r['status']}** ({r.get('answered_before_failure', 0)} answered) "
-                         "| | | | | | | | | | | |")
+            answered = r.get("answered_before_failure", 0)
+            lines.append(f"| {r['name']} | {r['runtime']} | **{r['status']}** ({answered} answered) | | | | | | | | | | | |")
             continue
 
         def acc(m):
@@ -53,7 +53,8 @@ def write_report(results: list[dict], meta: dict, out: Path) -> dict:
             _num(r["ttft_p50_s"]), _num(r["decode_tok_s_p50"], "{:.1f}"), _num(r["prompt_tok_s_p50"], "{:.0f}"),
             _num(r.get("peak_rss_mb"), "{:.0f}"), _num(r["size_bytes"] / 1e6 if r.get("size_bytes") else None, "{:.0f}"),
             _num(r.get("speedup_vs_largest_teacher"), "{:.2f}×"), _num(r.get("size_ratio_vs_largest_teacher"), "{:.2f}")]) + " |")
-    lines += ["", "Per-question outputs: `contestants/<name>/predictions.jsonl` (every figure above is computed from them)."]
+    lines += ["", "Per-question outputs: `contestants/<name>/predictions.jsonl` (every figure above is computed from "
+                  "them)."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     report = {"meta": meta, "contestants": results}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -159,7 +159,8 @@ def bench(cfg: Config, student: Path | None, out: Path, track: bool = True) -> d
             raise UserError(f"unknown contestant(s) {', '.join(unknown)}; found: {', '.join(sorted(known)) or 'none'}.")
         contestants = [c for c in contestants if c["name"] in cfg.bench.contestants]
     if not contestants:
-        raise UserError("no contestants: train a student (tinyllm-distill run) or configure teachers with a model backend.")
+        raise UserError("no contestants: train a student (tinyllm-distill run) or configure teachers with a model "
+                        "backend.")
     ds = load_dataset(cfg.data.name, cfg.data.path)
     questions = ds.split(cfg.data.test_split)[: cfg.bench.limit]
     n_questions = len(questions)
@@ -177,12 +178,12 @@ def bench(cfg: Config, student: Path | None, out: Path, track: bool = True) -> d
             results.append(run_contestant(c, cfg_file, out, student, cfg.bench.timeout_s))
         meta = {"dataset": ds.name, "split": cfg.data.test_split, "questions": n_questions, "threads": cfg.bench.threads,
                 "warmup": cfg.bench.warmup, "hardware": hardware(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "method": ("Each contestant runs in its own process with a fixed thread count; after warm-up questions "
-                           "(not timed), every test question is answered once, greedily, and timed: latency figures are "
-                           "medians/p95 over those timed questions. Students answer with their answer prefix (exact "
-                           "match to an option text); teachers answer zero-shot chain-of-thought, parsed for 'the answer "
-                           "is (x)' or the option they name last. Log-likelihood accuracy scores each option's mean token "
-                           "log-prob.")}
+                "method": ("Each contestant runs in its own process with a fixed thread count; after warm-up "
+                           "questions (not timed), every test question is answered once, greedily, and timed: latency "
+                           "figures are medians/p95 over those timed questions. Students answer with their answer prefix "
+                           "(exact match to an option text); teachers answer zero-shot chain-of-thought, parsed for 'the "
+                           "answer is (x)' or the option they name last. Log-likelihood accuracy scores each option's "
+                           "mean token log-prob.")}
         report = write_report(results, meta, out)
         log_bench_metrics(run, report, out)
     return report

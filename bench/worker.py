@@ -51,7 +51,8 @@ def build_runner(spec: dict, threads: int, device: str = "cpu"):
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         have_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         if device == "cuda" and not have_cuda:
-            raise RuntimeError("bench.device=cuda, but onnxruntime has no CUDAExecutionProvider: pip install onnxruntime-gpu")
+            raise RuntimeError("bench.device=cuda, but onnxruntime has no CUDAExecutionProvider: pip install "
+                               "onnxruntime-gpu")
         provider = "CUDAExecutionProvider" if device == "cuda" or (device == "auto" and have_cuda) else "CPUExecutionProvider"
         seq2seq = getattr(AutoConfig.from_pretrained(spec["path"]), "is_encoder_decoder", False)
         ort_class = ORTModelForSeq2SeqLM if seq2seq else ORTModelForCausalLM

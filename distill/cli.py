@@ -71,7 +71,8 @@ def plan(cfg) -> dict:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the plan, then exit; loads no model.")
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in output_dir (needs train.save_every).")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in output_dir (needs "
+                                             "train.save_every).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log this run to MLflow.")
 @user_errors
 def run(config, overrides, dry_run, resume, no_mlflow):
@@ -172,7 +173,8 @@ def data(name, path, as_json, list_names, schema, rationales):
     info = describe(ds)
     if rationales:
         if not name.startswith("tinyllm-"):
-            raise UserError("--rationales reads the paper's released rationales, which exist only for the tinyllm-* datasets.")
+            raise UserError("--rationales reads the paper's released rationales, which exist only for the tinyllm-* "
+                            "datasets.")
         from distill.paper import load_paper_rationales
 
         info["rationales"] = {}

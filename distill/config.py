@@ -350,7 +350,8 @@ def _build(cls: type, raw: dict, key: str, source: str) -> Any:
         if name in raw:
             kwargs[name] = _convert(hints[name], raw[name], prefix + name, source)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise UserError(f"{source}: '{prefix.rstrip('.') or 'config'}' is missing the required key '{prefix}{name}'.")
+            raise UserError(f"{source}: '{prefix.rstrip('.') or 'config'}' is missing the required key "
+                            f"'{prefix}{name}'.")
     return cls(**kwargs)
 
 
@@ -366,7 +367,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         try:
             text = read_utf8(path)
         except FileNotFoundError:
-            raise UserError(f"config file {source} does not exist; pass the path to a YAML file such as configs/quickstart.yaml.")
+            raise UserError(f"config file {source} does not exist; pass the path to a YAML file such as "
+                            "configs/quickstart.yaml.")
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -524,7 +526,8 @@ def validate(cfg: Config) -> None:
     if tc.epoch_eval:
         if cfg.data.eval_split == cfg.data.test_split:
             raise UserError(f"train.epoch_eval picks the epoch on data.eval_split, which is the test split "
-                            f"('{cfg.data.test_split}') here; set data.eval_split=valid so the test split is only reported.")
+                            f"('{cfg.data.test_split}') here; set data.eval_split=valid so the test split is only "
+                            "reported.")
         needs = {"loglik": "loglik", "loglik_sum": "loglik", "em": "generate", "generate": "generate"}[tc.select_by]
         if tc.eval_method not in (needs, "both"):
             raise UserError(f"train.select_by={tc.select_by} needs train.eval_method={needs} or both "

@@ -116,7 +116,8 @@ def _field(obj: dict, key: str, where: str, kind: type | tuple = str):
         raise UserError(f"{where}: missing field '{key}'; every row needs it.")
     value = obj[key]
     if not isinstance(value, kind):
-        raise UserError(f"{where}: field '{key}' should be {getattr(kind, '__name__', kind)}, got {type(value).__name__}.")
+        raise UserError(f"{where}: field '{key}' should be {getattr(kind, '__name__', kind)}, got "
+                        f"{type(value).__name__}.")
     return value
 
 
@@ -146,7 +147,8 @@ def _ai2_rows(path: Path, question_key: str = "stem") -> list[Example]:
 def load_obqa(path: Path) -> Dataset:
     splits, notes = {}, []
     for split, fname in (("train", "train"), ("valid", "dev"), ("test", "test")):
-        rows = _ai2_rows(_need(path / "Main" / f"{fname}.jsonl", "pass --path to the OpenBookQA folder that holds Main/ and Additional/."))
+        rows = _ai2_rows(_need(path / "Main" / f"{fname}.jsonl", "pass --path to the OpenBookQA folder that holds "
+                                                                 "Main/ and Additional/."))
         complete = path / "Additional" / f"{fname}_complete.jsonl"
         if complete.exists():
             facts = {str(r.get("id")): r.get("fact1") for _, r in read_jsonl(complete)}
@@ -161,7 +163,8 @@ def _arc(which: str) -> Callable[[Path], Dataset]:
     def load(path: Path) -> Dataset:
         base = path / f"ARC-{which}"
         splits = {
-            split: _ai2_rows(_need(base / f"ARC-{which}-{fname}.jsonl", "pass --path to the ARC folder that holds ARC-Challenge/ and ARC-Easy/."))
+            split: _ai2_rows(_need(base / f"ARC-{which}-{fname}.jsonl", "pass --path to the ARC folder that holds "
+                                                                        "ARC-Challenge/ and ARC-Easy/."))
             for split, fname in (("train", "Train"), ("valid", "Dev"), ("test", "Test"))
         }
         return Dataset(f"arc-{which.lower()}", str(path), splits)
@@ -210,7 +213,8 @@ def load_piqa(path: Path) -> Dataset:
         ]
     elif (path / "tinyllm" / "llm").exists():
         splits["train"] = _piqa_train_from_rationales(path)
-        notes.append("train.jsonl is absent: train rebuilt from tinyllm/llm/train_CoT_*.json, labels checked against train-labels.lst.")
+        notes.append("train.jsonl is absent: train rebuilt from tinyllm/llm/train_CoT_*.json, labels checked against "
+                     "train-labels.lst.")
     else:
         notes.append("train.jsonl is absent and no rationale files to rebuild it from: no train split.")
     if (path / "tests.jsonl").exists():
@@ -243,14 +247,16 @@ def load_pubmedqa(path: Path) -> Dataset:
         if pmid not in examples:
             raise UserError(f"{keys_file}: PMID {pmid} is not in {src}; the two files come from different releases.")
         if choices[examples[pmid].answer] != label:
-            raise UserError(f"{keys_file}: PMID {pmid} says {label!r} but {src} says {choices[examples[pmid].answer]!r}.")
+            raise UserError(f"{keys_file}: PMID {pmid} says {label!r} but {src} says "
+                            f"{choices[examples[pmid].answer]!r}.")
     splits = {
         "all": list(examples.values()),
         "train": [ex for pmid, ex in examples.items() if pmid not in keys],
         "test": [examples[pmid] for pmid in keys],
     }
     return Dataset("pubmedqa", str(path), splits,
-                   ["'all' is PQA-L's 1000 expert-labelled questions = 'train' (500) + 'test' (the 500 official test keys)."])
+                   ["'all' is PQA-L's 1000 expert-labelled questions = 'train' (500) + 'test' (the 500 official test "
+                    "keys)."])
 
 
 def load_commonsenseqa(path: Path) -> Dataset:
@@ -258,7 +264,8 @@ def load_commonsenseqa(path: Path) -> Dataset:
         split: _ai2_rows(_need(path / f"{fname}_rand_split.jsonl", "pass --path to the CommonsenseQA folder."))
         for split, fname in (("train", "train"), ("valid", "dev"))
     }
-    return Dataset("commonsenseqa", str(path), splits, ["test_rand_split_no_answers.jsonl has no answers: not loaded; evaluate on 'valid'."])
+    return Dataset("commonsenseqa", str(path), splits, ["test_rand_split_no_answers.jsonl has no answers: not loaded; "
+                                                        "evaluate on 'valid'."])
 
 
 def load_strategyqa(path: Path) -> Dataset:
@@ -277,7 +284,8 @@ def load_strategyqa(path: Path) -> Dataset:
         fact = re.sub(r"^(Yes|No)\.\s*", "", target) or None
         out.append(Example(id=f"strategyqa-{i}", question=_field(row, "input", where), choices=tuple(labels),
                            answer=labels.index(gold[0]), fact=fact))
-    return Dataset("strategyqa", str(path), {"train": out}, ["BIG-bench packaging: StrategyQA's labelled questions, no official split."])
+    return Dataset("strategyqa", str(path), {"train": out}, ["BIG-bench packaging: StrategyQA's labelled questions, "
+                                                             "no official split."])
 
 
 def _gsm8k_rows(path: Path) -> list[Example]:
@@ -310,7 +318,8 @@ def load_svamp(path: Path) -> Dataset:
         number = int(answer) if float(answer).is_integer() else answer
         out.append(Example(id=str(row.get("ID", i)), question=f"{_field(row, 'Body', where)} {_field(row, 'Question', where)}".strip(),
                            target=str(number), fact=row.get("Equation")))
-    return Dataset("svamp", str(path), {"test": out}, ["SVAMP has no official split: all 1000 problems are one 'test' split."])
+    return Dataset("svamp", str(path), {"test": out}, ["SVAMP has no official split: all 1000 problems are one 'test' "
+                                                       "split."])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,7 +341,8 @@ def _tinyllm_rows(path: Path) -> list[Example]:
         choices = tuple(_field(row, "choices", where, list))
         answer = _field(row, "answer", where)
         if answer not in choices:
-            raise UserError(f"{where}: answer {answer!r} is not one of its choices {list(choices)}; fix the answer text.")
+            raise UserError(f"{where}: answer {answer!r} is not one of its choices {list(choices)}; fix the answer "
+                            "text.")
         out.append(Example(id=str(_field(row, "id", where, (str, int))), question=_field(row, "question", where),
                            choices=choices, answer=choices.index(answer)))
     return out
@@ -342,7 +352,8 @@ def _tinyllm(prefix: str, name: str) -> Callable[[Path], Dataset]:
     def load(path: Path) -> Dataset:
         base = path / "tinyllm"
         if not base.exists():
-            raise UserError(f"{base} is missing; pass --path to the dataset folder that holds tinyllm/ (e.g. ../shared/data/{path.name}).")
+            raise UserError(f"{base} is missing; pass --path to the dataset folder that holds tinyllm/ (e.g. "
+                            f"../shared/data/{path.name}).")
         splits, notes = {}, []
         for split in ("train", "valid", "test"):
             f = base / f"{prefix}_{split}.json"
@@ -350,7 +361,8 @@ def _tinyllm(prefix: str, name: str) -> Callable[[Path], Dataset]:
                 splits[split] = _tinyllm_rows(f)
         if prefix == "piqa" and "train" not in splits and (base / "llm").exists():
             splits = {"train": _piqa_train_from_rationales(path), **splits}
-            notes.append("train rebuilt from tinyllm/llm/train_CoT_*.json (the paper ships PIQA's train only inside its rationales).")
+            notes.append("train rebuilt from tinyllm/llm/train_CoT_*.json (the paper ships PIQA's train only inside "
+                         "its rationales).")
         if not splits:
             raise UserError(f"{base} has no {prefix}_train/valid/test.json; pass --path to the right dataset folder.")
         return Dataset(name, str(path), splits, notes)
@@ -395,7 +407,8 @@ def _piqa_train_from_rationales(path: Path) -> list[Example]:
         for i, entry in enumerate(entries):
             parsed = parse_question_block(entry) if isinstance(entry, str) else None
             if parsed is None or len(parsed[2]) != 2:
-                raise UserError(f"{f} item {i}: not a 'Q: … Answer Choices: (a) … (b) …' rationale string; the PIQA train split cannot be rebuilt from it.")
+                raise UserError(f"{f} item {i}: not a 'Q: … Answer Choices: (a) … (b) …' rationale string; the PIQA "
+                                "train split cannot be rebuilt from it.")
             rationale, goal, sols = parsed
             stated = STATED_ANSWER.search(rationale)
             out.append(Example(id=f"piqa-train-{len(out)}", question=goal, choices=tuple(sols),
@@ -404,10 +417,12 @@ def _piqa_train_from_rationales(path: Path) -> list[Example]:
         labels = _read_labels(labels_file, len(out), files[0].parent / "train_CoT_*.json")
         disagree = [ex.id for ex, lab in zip(out, labels) if ex.answer is not None and ex.answer != lab]
         if disagree:
-            raise UserError(f"{labels_file} disagrees with the rationale files on {len(disagree)} rows (first: {disagree[0]}); they are not aligned.")
+            raise UserError(f"{labels_file} disagrees with the rationale files on {len(disagree)} rows (first: "
+                            f"{disagree[0]}); they are not aligned.")
         out = [Example(**{**ex.to_json(), "choices": ex.choices, "answer": lab}) for ex, lab in zip(out, labels)]
     elif any(ex.answer is None for ex in out):
-        raise UserError(f"{labels_file} is missing and some rationale strings state no answer; restore train-labels.lst.")
+        raise UserError(f"{labels_file} is missing and some rationale strings state no answer; restore "
+                        "train-labels.lst.")
     return out
 
 
@@ -462,7 +477,8 @@ def load_jsonl_folder(path: Path) -> Dataset:
         order = {"train": 0, "valid": 1, "test": 2}
         files = {p.stem: p for p in sorted(path.glob("*.jsonl"), key=lambda p: (order.get(p.stem, 3), p.stem))}
     if not files:
-        raise UserError(f"{path} holds no .jsonl files; write train.jsonl / valid.jsonl / test.jsonl in the schema of `tinyllm-distill data --schema`.")
+        raise UserError(f"{path} holds no .jsonl files; write train.jsonl / valid.jsonl / test.jsonl in the schema of "
+                        "`tinyllm-distill data --schema`.")
     splits = {}
     for split, f in files.items():
         splits[split] = [example_from_record(row, f"{f} line {ln}", f"{split}-{ln}") for ln, row in read_jsonl(f)]
@@ -528,7 +544,8 @@ REGISTRY: dict[str, tuple[str, Callable[[Path], Dataset], str]] = {
     "tinyllm-obqa": ("obqa", _tinyllm("obqa", "tinyllm-obqa"), "OBQA, the TinyLLM paper's split"),
     "tinyllm-arc": ("arc", _tinyllm("arc", "tinyllm-arc"), "ARC (Challenge, 4-choice), the TinyLLM paper's split"),
     "tinyllm-piqa": ("piqa", _tinyllm("piqa", "tinyllm-piqa"), "PIQA, the TinyLLM paper's split"),
-    "tinyllm-riddlesense": ("riddlesense", _tinyllm("riddle", "tinyllm-riddlesense"), "RiddleSense, the TinyLLM paper's split"),
+    "tinyllm-riddlesense": ("riddlesense", _tinyllm("riddle", "tinyllm-riddlesense"), "RiddleSense, the TinyLLM "
+                                                                                      "paper's split"),
     "tinyllm-pubmedqa": ("pubmedqa", _tinyllm("pubmedqa", "tinyllm-pubmedqa"), "PubMedQA, the TinyLLM paper's split"),
     "tinyllm-bioasq": ("bioasq", _tinyllm("bioasq", "tinyllm-bioasq"), "BioASQ yes/no, the TinyLLM paper's split"),
     "jsonl": ("", load_jsonl_folder, "your own data in TinyLLM's JSONL schema (--path to the folder)"),
@@ -567,7 +584,8 @@ def load_dataset(name: str, path: str | os.PathLike | None = None) -> Dataset:
     if path is not None:
         p = Path(path)
         if not p.exists():
-            raise UserError(f"--path {p} does not exist; pass the dataset's folder (e.g. ../shared/data/{folder or 'mydata'}).")
+            raise UserError(f"--path {p} does not exist; pass the dataset's folder (e.g. "
+                            f"../shared/data/{folder or 'mydata'}).")
         return loader(p)
     if name == "demo":
         return loader(DEMO_DIR)
@@ -577,7 +595,8 @@ def load_dataset(name: str, path: str | os.PathLike | None = None) -> Dataset:
         if (root / folder).exists():
             return loader(root / folder)
     tried = ", ".join(str(r / folder) for r in data_roots())
-    raise UserError(f"dataset '{name}' not found (looked in {tried}); pass --path to its folder or set TINYLLM_DATA_DIR.")
+    raise UserError(f"dataset '{name}' not found (looked in {tried}); pass --path to its folder or set "
+                    "TINYLLM_DATA_DIR.")
 
 
 def describe(ds: Dataset) -> dict:

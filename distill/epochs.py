@@ -85,7 +85,8 @@ class EpochEvaluator:
 
         saved = json.loads((self.dir / "best" / "state.json").read_text())["step"]
         if saved != best["step"]:
-            raise RuntimeError(f"{self.dir / 'best'} holds step {saved}, but epochs.json says step {best['step']} is best")
+            raise RuntimeError(f"{self.dir / 'best'} holds step {saved}, but epochs.json says step {best['step']} is "
+                               "best")
         model.load_state_dict(load_file(str(self.dir / "best" / "model.safetensors")))
         return best
 

@@ -49,5 +49,6 @@ def read_utf8(path: str | Path) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         hint = " (it starts with a UTF-16 byte-order mark)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        raise UserError(f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}){hint}; "
+        raise UserError(f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                        f"{exc.start}){hint}; "
                         "save the file as UTF-8.") from None

@@ -113,8 +113,10 @@ PRE_TOKENIZERS = {
     "gpt-2": [_GPT2_SPLIT],
     "default": [_GPT2_SPLIT],
     "smollm": [r"\p{N}", _GPT2_SPLIT],
-    "llama-bpe": [r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"],
-    "qwen2": [r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"],
+    "llama-bpe": [r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| "
+                  r"?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"],
+    "qwen2": [r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| "
+              r"?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"],
 }
 
 
@@ -152,7 +154,8 @@ def tokenizer_from_gguf(path: Path, meta: dict | None = None):
     if kind == "gpt2":
         pre = meta.get("tokenizer.ggml.pre", "default")
         if pre not in PRE_TOKENIZERS:
-            raise UserError(f"{path.name}: pre-tokenizer '{pre}' is not supported yet; supported: {', '.join(PRE_TOKENIZERS)}.")
+            raise UserError(f"{path.name}: pre-tokenizer '{pre}' is not supported yet; supported: "
+                            f"{', '.join(PRE_TOKENIZERS)}.")
         merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
         tk = tokenizers.Tokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
         tk.pre_tokenizer = pre_tokenizers.Sequence(
@@ -170,7 +173,8 @@ def tokenizer_from_gguf(path: Path, meta: dict | None = None):
         tk.normalizer = normalizers.Sequence(steps)
         tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     else:
-        raise UserError(f"{path.name}: tokenizer type '{kind}' is not supported; supported: gpt2 (BPE), llama (SentencePiece).")
+        raise UserError(f"{path.name}: tokenizer type '{kind}' is not supported; supported: gpt2 (BPE), llama "
+                        "(SentencePiece).")
     # Control (3) and user-defined (4) tokens are matched whole, never split.
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty in (3, 4)])
 
@@ -232,7 +236,8 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, dtype=None):
         if folder.is_dir():
             cfg_file = folder / "config.json"
             if not cfg_file.exists():
-                raise UserError(f"{folder} has no config.json; give a transformers model folder, a .gguf file or a packaged name.")
+                raise UserError(f"{folder} has no config.json; give a transformers model folder, a .gguf file or a "
+                                "packaged name.")
             identity = folder_identity(folder)
     tok = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,

@@ -120,7 +120,8 @@ class RationaleStore:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
-                    raise UserError(f"{self.path} line {lineno} is corrupt; delete that line (its rationale is regenerated).") from None
+                    raise UserError(f"{self.path} line {lineno} is corrupt; delete that line (its rationale is "
+                                    "regenerated).") from None
                 if rec["key"] in seen or (keys is not None and rec["key"] not in keys):
                     continue
                 seen.add(rec["key"])

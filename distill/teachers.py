@@ -61,7 +61,8 @@ class LlamaCppTeacher:
         has_template = bool(self.llm.metadata.get("tokenizer.chat_template"))
         self.chat = has_template if cfg.chat is None else cfg.chat
         if self.chat and not has_template:
-            raise UserError(f"teacher '{cfg.name}': {self.path.name} has no chat template; set chat: false (plain completion).")
+            raise UserError(f"teacher '{cfg.name}': {self.path.name} has no chat template; set chat: false (plain "
+                            "completion).")
 
     def identity(self) -> str:
         return self._identity
@@ -177,7 +178,8 @@ class OpenAITeacher:
         if cfg.api_key_env:
             key = os.environ.get(cfg.api_key_env)
             if not key:
-                raise UserError(f"teacher '{cfg.name}': the environment variable {cfg.api_key_env} (its API key) is not set.")
+                raise UserError(f"teacher '{cfg.name}': the environment variable {cfg.api_key_env} (its API key) is "
+                                "not set.")
         # The client insists on a key; servers without auth (vLLM, llama.cpp) ignore this placeholder.
         self.client = openai.OpenAI(base_url=self.base, api_key=key or "no-key", max_retries=self.RETRIES,
                                     timeout=cfg.timeout_s)
@@ -279,7 +281,8 @@ class FilesTeacher:
         if source in PAPER_TEACHERS:
             parsed = load_paper_rationales(dataset_path, split, examples)
             if source not in parsed.records:
-                raise UserError(f"teacher '{self.cfg.name}': the paper released no {source} rationales for this dataset "
+                raise UserError(f"teacher '{self.cfg.name}': the paper released no {source} rationales for this "
+                                "dataset "
                                 f"(it has: {', '.join(parsed.records)}).")
             return {r.example_id: r.text for r in parsed.records[source]}, parsed.unparsed
         path = Path(source)

@@ -180,7 +180,8 @@ def _raise_on_sigterm():
 def _end_stale_runs(mlflow, exp_id: str, stage: str, out_dir: str) -> None:
     """A run killed with SIGKILL cannot end itself; the next run writing the same output folder marks it KILLED."""
     client = mlflow.MlflowClient()
-    stale = client.search_runs([exp_id], filter_string=f"attributes.status = 'RUNNING' and tags.`tinyllm.stage` = '{stage}'")
+    stale = client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING' and tags.`tinyllm.stage` = "
+                                                       f"'{stage}'")
     for r in stale:
         if r.data.tags.get("tinyllm.output_dir") == out_dir:
             client.set_terminated(r.info.run_id, status="KILLED")

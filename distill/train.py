@@ -133,8 +133,10 @@ def check_distributed(cfg, acc) -> None:
     tc = cfg.train
     sharded = tc.sharding == "fsdp"
     if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
-        raise UserError(f"accelerate is configured for {acc.distributed_type.name}, but TinyLLM shards the student itself: "
-                        "launch with a plain multi-process accelerate config (or torchrun) and set train.sharding=fsdp.")
+        raise UserError(f"accelerate is configured for {acc.distributed_type.name}, but TinyLLM shards the student "
+                        "itself: "
+                        "launch with a plain multi-process accelerate config (or torchrun) and set "
+                        "train.sharding=fsdp.")
     if sharded and cfg.student.lora:
         raise UserError("train.sharding=fsdp is for full fine-tuning; LoRA students train with train.sharding=none.")
     if sharded and tc.precision == "fp16":
@@ -216,10 +218,12 @@ def resume_point(s: Session, out_dir: Path, resume: bool) -> bool:
         return False
     ckpt = latest_checkpoint(out_dir)
     if ckpt is None and not partial:
-        raise UserError(f"--resume: no checkpoint under {out_dir / layout.CHECKPOINTS}; set train.save_every to make them.")
+        raise UserError(f"--resume: no checkpoint under {out_dir / layout.CHECKPOINTS}; set train.save_every to make "
+                        "them.")
     if ckpt is None:
         if s.main:
-            s.log("[train] --resume: the only checkpoint was partial (killed while being written); starting from step 0")
+            s.log("[train] --resume: the only checkpoint was partial (killed while being written); starting from step "
+                  "0")
         return False
     s.start_step = load_checkpoint(ckpt, s.model, s.optimizer, s.scheduler, s.sharded, s.scaler)
     if s.main:

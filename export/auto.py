@@ -112,11 +112,13 @@ def choose(f16: Path, out_dir: Path, student: Path, model, tok, cfg, questions: 
 
 def readme_lines(auto: dict) -> list[str]:
     lines = ["## How this quantization was chosen (`--quant auto`)", "",
-             f"Smallest file whose exact-match accuracy on {auto['questions']} questions of {auto['split']} stays within "
+             f"Smallest file whose exact-match accuracy on {auto['questions']} questions of {auto['split']} stays "
+             "within "
              f"{auto['max_accuracy_drop']:g} point(s) of the torch student ({auto['torch_em']:.1f}%):", "",
              "| candidate | size | exact match | drop (points) | same answer as torch |", "|---|---:|---:|---:|---:|"]
     for c in auto["candidates"]:
         mark = " **(chosen)**" if c["name"] == auto["chosen"] else ""
-        lines.append(f"| {c['name']}{mark} | {c['size_bytes'] / 1e6:.1f} MB | {c['em']:.1f}% | {c['drop_points']:+.1f} | "
+        lines.append(f"| {c['name']}{mark} | {c['size_bytes'] / 1e6:.1f} MB | {c['em']:.1f}% | "
+                     f"{c['drop_points']:+.1f} | "
                      f"{100 * c['agreement']:.0f}% |")
     return lines + [""]

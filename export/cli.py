@@ -27,9 +27,11 @@ examples:
               "torch's accuracy on the validation split); onnx: none or int8 (weight-only).")
 @click.option("--max-drop", type=float, help="--quant auto: exact-match points a GGUF may lose against torch "
               "(export.max_accuracy_drop, default 1).")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder (self-contained: model, tokenizer, parity report, README); default: exports/<format>-<quant> beside the student.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (self-contained: model, tokenizer, "
+                                                              "parity report, README); default: exports/<format>-<quant> beside the student.")
 @click.option("--run", "run_id", help="Export the student of this distill run (MLflow run id) instead of SOURCE.")
-@click.option("-c", "--config", type=click.Path(dir_okay=False), help="YAML config whose export: section sets thresholds.")
+@click.option("-c", "--config", type=click.Path(dir_okay=False), help="YAML config whose export: section sets "
+                                                                      "thresholds.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the plan, then exit.")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the export back to the source run.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (refused otherwise).")

@@ -79,7 +79,8 @@ def write_f16(student: Path, out_file: Path) -> dict:
     tok_json = json.loads((student / "tokenizer.json").read_text())
     tok_cfg = json.loads((student / "tokenizer_config.json").read_text())
     if tok_json["model"]["type"] != "BPE" or not isinstance(tok_json.get("pre_tokenizer"), dict):
-        raise UserError(f"{student}: GGUF export needs a byte-level BPE tokenizer (gpt2 style); this one is {tok_json['model']['type']}.")
+        raise UserError(f"{student}: GGUF export needs a byte-level BPE tokenizer (gpt2 style); this one is "
+                        f"{tok_json['model']['type']}.")
     fmt_file = student / layout.PROMPT_FORMAT
     fmt = json.loads(fmt_file.read_text()) if fmt_file.exists() else {"answer_prefix": "predict:"}
 
@@ -141,7 +142,8 @@ def write_f16(student: Path, out_file: Path) -> dict:
             continue
         new = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if new is None:
-            raise UserError(f"{student}: tensor {name} has no GGUF name for {arch_name}; this architecture variant is not supported.")
+            raise UserError(f"{student}: tensor {name} has no GGUF name for {arch_name}; this architecture variant is "
+                            "not supported.")
         data = t.astype(np.float32)
         if name.endswith("q_proj.weight"):
             data = _permute(data, n_head)

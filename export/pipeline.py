@@ -30,7 +30,8 @@ def resolve_source(source: str | None, run_id: str | None, cfg: Config) -> tuple
         try:
             local = Path(mlflow.artifacts.download_artifacts(source))
         except Exception as exc:  # MLflow raises several types for a bad URI
-            raise UserError(f"cannot fetch {source} from {tracking_uri(cfg)} ({exc}); check the run id or model name.") from None
+            raise UserError(f"cannot fetch {source} from {tracking_uri(cfg)} ({exc}); check the run id or model "
+                            "name.") from None
         src_run = source.split("/")[1] if source.startswith("runs:/") else None
         if source.startswith("models:/"):
             name, version = source[len("models:/"):].split("/", 1)
@@ -39,7 +40,8 @@ def resolve_source(source: str | None, run_id: str | None, cfg: Config) -> tuple
         return local, src_run
     folder = Path(source)
     if not (folder / "config.json").exists():
-        raise UserError(f"{folder} is not a student folder (no config.json); give the 'student' folder a distill run saved.")
+        raise UserError(f"{folder} is not a student folder (no config.json); give the 'student' folder a distill run "
+                        "saved.")
     return folder, None
 
 
@@ -76,7 +78,8 @@ def check_student(student: Path) -> None:
             with safe_open(str(w), "np") as fh:
                 fh.keys()
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise UserError(f"{w} is not a readable safetensors file ({exc}); re-save the student or re-run training.") from None
+            raise UserError(f"{w} is not a readable safetensors file ({exc}); re-save the student or re-run "
+                            "training.") from None
 
 
 def check_quant(fmt: str, quant: str | None) -> str:
@@ -139,7 +142,8 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
                     shutil.rmtree(final)
                 out.rename(final)
                 report = exc.args[0]
-                raise ParityFailure(f"no GGUF candidate stays within {report['max_accuracy_drop']:g} point(s) of the torch "
+                raise ParityFailure(f"no GGUF candidate stays within {report['max_accuracy_drop']:g} point(s) of the "
+                                    "torch "
                                     f"student's exact match ({report['torch_em']:.1f}% on {report['split']}); every "
                                     f"candidate's numbers are in {final / 'auto.json'}: raise --max-drop or keep f16.")
             quant = auto["chosen"]
@@ -232,8 +236,10 @@ def device_readme(fmt: str, quant: str, out: Path, info: dict, report: dict, stu
              "the text of the option it picks:", "", "```", prompt, "```", ""]
     if fmt == "gguf":
         lines += ["## Run with llama.cpp", "", "```bash",
-                  f"llama-cli -m {info['file']} --temp 0 -n 32 -p \"$(printf '{prompt.replace(chr(10), chr(92) + 'n')}')\"",
-                  f"llama-server -m {info['file']} --host 127.0.0.1 --port 8080 --jinja   # chat template = the prompt format",
+                  f"llama-cli -m {info['file']} --temp 0 -n 32 -p \"$(printf "
+                  f"'{prompt.replace(chr(10), chr(92) + 'n')}')\"",
+                  f"llama-server -m {info['file']} --host 127.0.0.1 --port 8080 --jinja   # chat template = the "
+                  "prompt format",
                   "```", "",
                   "With `llama-server --jinja`, send the question block (`Q: …\\nAnswer Choices:\\n(a) …`) as the user",
                   "message; the embedded chat template adds the task prefix and `Answer:`."]
