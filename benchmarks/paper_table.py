@@ -61,7 +61,7 @@ RUN_ORDER = ["zero-shot", "ft-answer", "tinyllm", "step-by-step", "lora-answer"]
 def command(dataset: str, method: str) -> list[str]:
     cfg = f"configs/paper/{dataset}.yaml"
     common = ["student.model=smollm2-135m-instruct", "student.architecture=auto", "student.task_position=after",
-              "train.eval_method=loglik",
+              "train.eval_method=both",  # option log-likelihood and the paper's exact match of generated text
               "data.eval_split=test", "train.batch_size=8", f"output_dir=runs/paper/{dataset}/{method}",
               f"tracking.tags.method_cell={method}", "tracking.tags.student=smollm2-135m-instruct",
               f"tracking.tags.budget={BUDGET[dataset] or 'full'}"]
@@ -101,6 +101,8 @@ def run_cell(dataset: str, method: str) -> dict:
               **({"accuracy_sum": summary["accuracy_loglik_sum"],
                   "correct_sum": correctness(folder, "loglik_sum")}
                  if "accuracy_loglik_sum" in summary else {}),
+              **({"accuracy_em": summary["accuracy_em"], "correct_em": correctness(folder, "em")}
+                 if "accuracy_em" in summary else {}),
               "ci95": wilson(round(acc * n), n), "wall_s": round(time.time() - start),
               **({"resumed_from": resumed_from} if resumed_from else {}), "run_id": summary.get("run_id"),
               "budget": BUDGET[dataset] or "full", "hardware": f"{platform.machine()}, {os.cpu_count()} cores"}
@@ -110,15 +112,15 @@ def run_cell(dataset: str, method: str) -> dict:
 
 
 def correctness(out_dir: Path, pick: str = "loglik") -> str | None:
-    """Per test question, in order: '1' if the option log-likelihood pick is the gold answer (`pick`:
-    "loglik", mean log-prob per token, the reported one; "loglik_sum", summed log-prob)."""
+    """Per test question, in order: '1' if the pick is right (`pick`: "loglik", the option with the best mean
+    log-prob per token; "loglik_sum", summed log-prob; "em", the generated answer is the gold option's text)."""
     f = out_dir / "eval_predictions.jsonl"
     if not f.exists():
         return None
     preds = [json.loads(line) for line in f.read_text().splitlines()]
     if any(pick not in p for p in preds):
         return None  # recorded before that pick was
-    return "".join("1" if p[pick] == p["gold"] else "0" for p in preds)
+    return "".join("1" if (p[pick] == 1 if pick == "em" else p[pick] == p["gold"]) else "0" for p in preds)
 
 
 def positions(out_dir: Path) -> dict | None:
@@ -131,6 +133,43 @@ def positions(out_dir: Path) -> dict | None:
     width = 1 + max(max(p["gold"], p["loglik"]) for p in preds)
     return {"picked": [sum(p["loglik"] == i for p in preds) for i in range(width)],
             "gold": [sum(p["gold"] == i for p in preds) for i in range(width)]}
+
+
+def rescore_em(dataset: str, method: str) -> dict:
+    """Add the paper's metric (exact match of the generated answer) to a finished cell recorded without it:
+    its saved student (or the base model, zero-shot) answers the test split again with generation; a
+    trained cell whose student is gone is re-created with its own command (now scoring both metrics), and
+    the re-run's log-likelihood accuracy is kept beside the stored one."""
+    out = RESULTS / f"{dataset}-{method}.json"
+    r = json.loads(out.read_text())
+    if r.get("accuracy_em") is not None:
+        print(f"[paper] {dataset}/{method}: has exact match already", flush=True)
+        return r
+    folder = REPO / f"runs/paper/{dataset}/{method}"
+    student = folder / "student"
+    cmd = command(dataset, method)
+    if method == "zero-shot" or (student / "config.json").exists():
+        em_dir = folder / "em"
+        cmd = [c for c in cmd if not c.startswith(("output_dir=", "train.eval_method=", "train.save_every="))]
+        cmd = [cmd[0], "eval", *cmd[2:], "train.eval_method=generate", f"output_dir={em_dir.relative_to(REPO)}",
+               "--no-mlflow"] + ([] if method == "zero-shot" else ["--model", str(student.relative_to(REPO))])
+        how = "re-scored"
+    else:
+        em_dir = folder
+        how = "re-created (its student was gone)"
+    printable = " ".join(c if " " not in c else repr(c) for c in cmd).replace(str(BIN) + "/", ".venv/bin/")
+    print(f"[paper] {dataset}/{method}: exact match, {how}: {printable}", flush=True)
+    start = time.time()
+    run = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"[paper] {dataset}/{method} exact-match re-score failed (exit {run.returncode}); re-run it.")
+    summary = json.loads(run.stdout)
+    r.update({"accuracy_em": summary["accuracy_em"], "correct_em": correctness(em_dir, "em"), "em_command": printable,
+              "em_how": how, "em_wall_s": round(time.time() - start)})
+    if "accuracy_loglik" in summary and how.startswith("re-created"):
+        r["rerun_accuracy_loglik"] = summary["accuracy_loglik"]
+    out.write_text(json.dumps(r, indent=2) + "\n")
+    return r
 
 
 def paired(a: str, b: str) -> tuple[float, float, float, float]:
@@ -233,6 +272,22 @@ def table() -> str:
                                      "".join(res[(ds, b)]["correct"] for ds in both))
             lines.append(f"| pooled: {' + '.join(both)} | {a} − {b} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] "
                          f"| {p:.3f} |")
+    em_cells = {k: r for k, r in res.items() if r.get("accuracy_em") is not None}
+    lines += ["", "The paper's metric — exact match of the greedy generated answer to the gold option's text — for the "
+              "same cells (— = not re-scored yet: `paper_table.py --em`):", "",
+              "| dataset | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+    for ds in datasets:
+        lines.append(f"| {ds} | " + " | ".join(f"{100 * em_cells[(ds, m)]['accuracy_em']:.1f}" if (ds, m) in em_cells
+                                              else "—" for m in METHODS) + " |")
+    em_pairs = []
+    for ds in datasets:
+        for a, b in comparisons[:2] + comparisons[5:6]:
+            ra, rb = em_cells.get((ds, a)), em_cells.get((ds, b))
+            if ra and rb and ra.get("correct_em") and rb.get("correct_em"):
+                diff, lo, hi, p = paired(ra["correct_em"], rb["correct_em"])
+                em_pairs.append(f"| {ds} | {a} − {b} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |")
+    if em_pairs:
+        lines += ["", "| dataset | exact match: comparison | difference | 95% CI | p |", "|---|---|---|---|---|"] + em_pairs
     summed = [(k, r) for k, r in sorted(res.items()) if r.get("accuracy_sum") is not None]
     if summed:
         lines += ["", "The same runs scored by summed option log-probability (no length normalisation; recorded "
@@ -274,6 +329,8 @@ def main():
     ap.add_argument("--datasets", default="obqa,arc,riddlesense")
     ap.add_argument("--methods", default="all")
     ap.add_argument("--table", action="store_true", help="Only print the table of finished cells.")
+    ap.add_argument("--em", action="store_true",
+                    help="Add the paper's exact-match metric to finished cells recorded without it (see rescore_em).")
     ap.add_argument("--write", action="store_true",
                     help="Also put the table into benchmarks/results/paper_table_cpu.md (between its table markers).")
     args = ap.parse_args()
@@ -281,7 +338,7 @@ def main():
         methods = RUN_ORDER if args.methods == "all" else args.methods.split(",")
         for ds in args.datasets.split(","):
             for m in methods:
-                run_cell(ds, m)
+                rescore_em(ds, m) if args.em else run_cell(ds, m)
     text = table()
     print(text)
     if args.write:

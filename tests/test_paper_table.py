@@ -105,3 +105,20 @@ def test_epoch_cells_select_on_validation_and_name_their_variants():
     assert not any("alpha" in c for c in paper_epochs.command("obqa/ft-answer"))
     with pytest.raises(SystemExit):
         paper_epochs.command("obqa/tinyllm/bogus")
+
+
+def test_exact_match_column_and_pairs(tmp_path, monkeypatch):
+    preds = [{"id": "a", "gold": 1, "loglik": 1, "em": 0}, {"id": "b", "gold": 0, "loglik": 2, "em": 1}]
+    (tmp_path / "eval_predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    assert paper_table.correctness(tmp_path, "em") == "01"  # EM is its own verdict, not a pick against gold
+    cell = lambda m, correct, em: {"dataset": "obqa", "method": m, "n_test": 4, "accuracy": correct.count("1") / 4,
+                                   "correct": correct, "ci95": [0.0, 1.0], "wall_s": 60, "command": "cmd",
+                                   "accuracy_em": em.count("1") / 4, "correct_em": em}
+    res = {("obqa", "tinyllm"): cell("tinyllm", "1101", "1111"), ("obqa", "ft-answer"): cell("ft-answer", "1001", "0001"),
+           ("obqa", "zero-shot"): {**cell("zero-shot", "0001", "0000"), "accuracy_em": None}}
+    monkeypatch.setattr(paper_table, "load_results", lambda: res)
+    text = paper_table.table()
+    assert "| obqa | — | — | 25.0 | — | 100.0 |" in text  # zero-shot not re-scored yet
+    diff, lo, hi, p = paired("1111", "0001")
+    assert f"| obqa | tinyllm − ft-answer | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |" in text
+    assert "train.eval_method=both" in paper_table.command("obqa", "tinyllm")
