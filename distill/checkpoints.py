@@ -1,5 +1,7 @@
-"""Checkpoints: model, optimizer, scheduler and every RNG; written as `step-N.tmp` and renamed when whole,
-so resuming from one reproduces the uninterrupted run and a kill mid-write never leaves a fake one."""
+"""Training checkpoints: model, optimizer, scheduler and every RNG, written whole or not at all.
+
+Written as `step-N.tmp` and renamed when complete, so resuming from one reproduces the uninterrupted
+run and a kill mid-write never leaves something that looks like a checkpoint."""
 from __future__ import annotations
 
 import json

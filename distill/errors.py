@@ -1,5 +1,7 @@
-"""User mistakes: the one exception type for them, the CLI wrapper that prints it as one sentence, and
-the readers and imports that turn a raw failure (missing package, non-UTF-8 file) into one."""
+"""User mistakes: the one exception type for them and the ways raw failures become one sentence.
+
+The CLI wrapper prints a UserError without a traceback; `require` and `read_utf8` turn a missing
+package or a non-UTF-8 file into one."""
 from __future__ import annotations
 
 import functools

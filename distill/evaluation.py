@@ -1,4 +1,6 @@
-"""Scoring a student: option log-likelihood (mean and summed per option token) and greedy generation,
+"""Scoring a student on multiple-choice questions: option log-likelihood and greedy generation.
+
+Log-likelihood picks by mean (and, beside it, summed) log-probability per option token; generation is
 scored by exact match of the gold option's text (the paper's metric) and by the option it names."""
 from __future__ import annotations
 

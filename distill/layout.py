@@ -1,4 +1,4 @@
-"""The run folder's layout, named once for all three stages (distill writes it; export and bench read it).
+"""The run folder's layout, named once: distill writes it, export and bench read it.
 
     <output_dir>/
       resolved_config.yaml     the config that made everything here

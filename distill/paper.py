@@ -1,4 +1,4 @@
-"""The paper's released teacher rationales (FLAN-T5-xl 3B, LLaMA-2-chat 7B) and the record every rationale is.
+"""The paper's released teacher rationales (FLAN-T5-xl 3B, LLaMA-2-chat 7B), parsed into Rationale records.
 
 The TinyLLM release ships `<dataset>/tinyllm/llm/{split}_CoT_{k}.json`: JSON arrays of strings,
 concatenated in k order one per example of the split, each

@@ -1,4 +1,6 @@
-"""Progress and log lines, one format for every stage: `[task] 00012/00040 (30.0%) | … | elapsed 1m05s | eta 2m30s`.
+"""Progress and log lines in one format for every stage.
+
+`[task] 00012/00040 (30.0%) | … | elapsed 1m05s | eta 2m30s`.
 
 Everything goes to stderr (stdout is for a command's result, e.g. JSON), flushed at once so a log
 file or a parent process relaying the lines sees them as they happen.

@@ -1,5 +1,6 @@
-"""Teacher rationales: the quality filter, the append-only content-keyed cache, and generation by every
-teacher into it (the paper's released rationales are read by distill/paper.py through the files teacher)."""
+"""Teacher rationales: the quality filter, the append-only content-keyed cache, and generation into it.
+
+The paper's released rationales are parsed by distill/paper.py and arrive through the files teacher."""
 from __future__ import annotations
 
 import hashlib

@@ -1,5 +1,7 @@
-"""The student as export and bench see it: how it is asked (its prompt format, saved beside it), how an
-answer is matched to an option, and how it is loaded. Importing this module does not import torch."""
+"""The student as export and bench see it: its prompt format, answer matching and loading.
+
+How it is asked (the prompt format saved beside it), how a generated answer is matched to an option,
+and how it is loaded. Importing this module does not import torch."""
 from __future__ import annotations
 
 import json

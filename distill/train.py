@@ -1,6 +1,8 @@
-"""The training recipe: setup (student, data, optimizer, resume), the steps, and the finish (the chosen
-weights saved, scored); the loss lives in batching.py, scoring in evaluation.py, checkpoints in
-checkpoints.py, per-epoch selection in epochs.py."""
+"""The training recipe, read top to bottom: setup, the steps, the finish.
+
+Setup: student (sharded or replicated), samples, optimizer, resume point. Steps: one optimizer step
+each, logged and checkpointed. Finish: the chosen weights saved and scored. The loss lives in
+batching.py, scoring in evaluation.py, checkpoints in checkpoints.py, per-epoch selection in epochs.py."""
 from __future__ import annotations
 
 import math

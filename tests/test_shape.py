@@ -71,6 +71,8 @@ def test_every_module_starts_with_a_docstring():
             continue
         doc = ast.get_docstring(ast.parse(f.read_text()))
         assert doc and doc.strip(), f"{f.relative_to(REPO)} has no module docstring saying what it owns"
+        first = doc.split("\n")[0]
+        assert first.endswith((".", ":", "`")) and len(first) <= 120, f"{f.relative_to(REPO)}: one summary line first"
 
 
 def test_the_student_module_does_not_import_torch():
