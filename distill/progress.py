@@ -7,12 +7,40 @@ file or a parent process relaying the lines sees them as they happen.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
+from pathlib import Path
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def captured(log_file: Path | None):
+    """Everything written to stdout and stderr inside — Python's warnings and loggers, and native libraries
+    writing to the file descriptors — goes to `log_file` (appended) instead of the terminal; None: untouched.
+    For third-party tools whose chatter (tracer warnings, a line per tensor) would bury our own lines."""
+    if log_file is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_file, "ab") as fh:
+        try:
+            os.dup2(fh.fileno(), 1)
+            os.dup2(fh.fileno(), 2)
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 def format_duration(seconds: float) -> str:

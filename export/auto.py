@@ -82,7 +82,7 @@ def choose(f16: Path, out_dir: Path, student: Path, model, tok, cfg, questions: 
     files = []
     for name, quant, keep_q8 in CANDIDATES:
         path = out_dir / f"candidate-{name}.gguf"
-        quantize(f16, path, quant, embeddings_q8=keep_q8)
+        quantize(f16, path, quant, embeddings_q8=keep_q8, log_file=out_dir / "export.log")
         files.append((path.stat().st_size, name, quant, keep_q8, path))
     files.sort()
     results, chosen = [], None

@@ -35,8 +35,10 @@ examples:
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the plan, then exit.")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the export back to the source run.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (refused otherwise).")
+@click.option("--verbose", is_flag=True, help="Show the converters' own output (optimum's tracer warnings, llama.cpp's "
+              "per-tensor lines) instead of writing it to <out>/export.log.")
 @user_errors
-def main(source, overrides, fmt, quant, max_drop, out, run_id, config, dry_run, no_mlflow, overwrite):
+def main(source, overrides, fmt, quant, max_drop, out, run_id, config, dry_run, no_mlflow, overwrite, verbose):
     """Turn a trained student (SOURCE: a local folder, runs:/… or models:/name/version) into ONNX or GGUF.
 
     Every export is checked against the torch model on real prompts; a parity failure exits
@@ -65,7 +67,8 @@ def main(source, overrides, fmt, quant, max_drop, out, run_id, config, dry_run, 
     from export.pipeline import ParityFailure, export_student
 
     try:
-        report = export_student(source, fmt, quant, out_dir, cfg, run_id=run_id, track=not no_mlflow, overwrite=overwrite)
+        report = export_student(source, fmt, quant, out_dir, cfg, run_id=run_id, track=not no_mlflow,
+                                overwrite=overwrite, verbose=verbose)
     except ParityFailure as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(1)

@@ -6,10 +6,8 @@ metadata), then quantize with llama.cpp's quantizer (`llama_model_quantize`) to 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import numpy as np
 from distill import layout
 from distill.errors import UserError, require
 from distill.models import PRE_TOKENIZERS
+from distill.progress import captured
 
 QUANTS = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q6_k": "MOSTLY_Q6_K", "q5_k_m": "MOSTLY_Q5_K_M",
           "q4_k_m": "MOSTLY_Q4_K_M", "q4_0": "MOSTLY_Q4_0"}
@@ -158,21 +157,8 @@ def write_f16(student: Path, out_file: Path) -> dict:
     return {"architecture": arch_name.lower(), "tensors": len(state), "vocab": size}
 
 
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
-
-
-def quantize(src: Path, dst: Path, quant: str, threads: int = 0, embeddings_q8: bool = False) -> None:
+def quantize(src: Path, dst: Path, quant: str, threads: int = 0, embeddings_q8: bool = False,
+             log_file: Path | None = None) -> None:
     """llama.cpp's own quantizer; `embeddings_q8` keeps the token embedding and output tensor at q8_0."""
     llama_cpp = require("llama_cpp", "llama-cpp-python")
     gguf = require("gguf")
@@ -181,7 +167,8 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0, embeddings_q8: 
     params.nthread = threads
     if embeddings_q8:
         params.token_embedding_type = params.output_tensor_type = llama_cpp.GGML_TYPE_Q8_0
-    with _quiet_native_stderr():  # llama.cpp prints a line per tensor; the parity report says what matters
+    # llama.cpp prints a line per tensor; the parity report says what matters
+    with captured(log_file if log_file is not None else Path(os.devnull)):
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0:
         raise UserError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc}).")

@@ -5,9 +5,11 @@ import json
 from pathlib import Path
 
 from distill.errors import UserError, require
+from distill.progress import captured
 
 
-def export_onnx(student: Path, out: Path, quant: str = "none") -> dict:
+def export_onnx(student: Path, out: Path, quant: str = "none", log_file: Path | None = None) -> dict:
+    """optimum's exporter (and the int8 quantizer), their warnings and tracer output sent to `log_file`."""
     require("optimum.exporters.onnx", "optimum-onnx[onnxruntime]")
     from optimum.exporters.onnx import main_export
 
@@ -15,7 +17,8 @@ def export_onnx(student: Path, out: Path, quant: str = "none") -> dict:
     seq2seq = bool(hf_cfg.get("is_encoder_decoder"))
     task = "text2text-generation-with-past" if seq2seq else "text-generation-with-past"
     # optimum validates against torch itself and only warns; our parity check is the one that decides.
-    main_export(str(student), output=str(out), task=task, do_validation=False, local_files_only=True)
+    with captured(log_file):
+        main_export(str(student), output=str(out), task=task, do_validation=False, local_files_only=True)
     from distill.student import PromptFormat
 
     PromptFormat.load(student).save(out)  # how to ask the student travels with it
@@ -32,7 +35,8 @@ def export_onnx(student: Path, out: Path, quant: str = "none") -> dict:
             big = f.stat().st_size + (data.stat().st_size if data.exists() else 0) > 1_800_000_000
             q = MatMulNBitsQuantizer(onnx.load(str(f)), bits=8, block_size=32, is_symmetric=True,
                                      algo_config=DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=8))
-            q.process()
+            with captured(log_file):
+                q.process()
             f.unlink()
             if data.exists():
                 data.unlink()

@@ -95,7 +95,7 @@ def check_quant(fmt: str, quant: str | None) -> str:
 
 
 def export_student(source: str | None, fmt: str, quant: str | None, out: Path, cfg: Config,
-                   run_id: str | None = None, track: bool = True, overwrite: bool = False) -> dict:
+                   run_id: str | None = None, track: bool = True, overwrite: bool = False, verbose: bool = False) -> dict:
     from distill.student import load_student
     from distill.config import StudentConfig
     from export import gguf as gguf_mod
@@ -123,6 +123,8 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
         shutil.rmtree(out)
     out.mkdir(parents=True)
     write_resolved(cfg, out)
+    # The converters' own output (tracer warnings, a line per tensor) goes to export.log, not the terminal.
+    tool_log = None if verbose else out / "export.log"
     t0 = time.perf_counter()
     model, tok, _ = load_student(StudentConfig(model=str(student)))
     model.eval()
@@ -151,15 +153,16 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
             f16.unlink()
         elif quant != "f16":
             model_file = out / f"student-{quant}.gguf"
-            gguf_mod.quantize(f16, model_file, quant)
+            gguf_mod.quantize(f16, model_file, quant, log_file=tool_log)
             f16.unlink()
         info["file"] = model_file.name
     else:
         from export.onnx import export_onnx
 
-        info = export_onnx(student, out, quant)
+        info = export_onnx(student, out, quant, log_file=tool_log)
     seconds = time.perf_counter() - t0
-    log(f"[export] wrote {fmt} ({quant}) to {final} in {seconds:.1f}s; checking parity against torch")
+    log(f"[export] wrote {fmt} ({quant}) to {final} in {seconds:.1f}s" + (f" (converter output: {final}/export.log)"
+        if tool_log is not None and tool_log.exists() else "") + "; checking parity against torch")
 
     prompts, prompt_source = task_prompts(student, cfg, cfg.export.parity_prompts)
     if fmt == "gguf":

@@ -220,3 +220,14 @@ def test_quant_auto_needs_a_validation_split(tiny_bpe_student, tmp_path):
     r = export(str(tmp_path / "run" / "student"), "--format", "gguf", "--quant", "auto", "--no-mlflow", cwd=tmp_path)
     assert r.returncode == 2 and "--quant auto chooses on a validation split, and demo has none" in r.stderr
     assert not list((tmp_path / "run").glob("exports/*"))  # refused before any work
+
+
+def test_export_prints_only_its_own_lines_unless_verbose(tiny_bpe_student, tmp_path):
+    r = export(str(tiny_bpe_student), "--format", "onnx", "--out", str(tmp_path / "quiet"), "--no-mlflow",
+               "export.parity_prompts=3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.strip() and all(line.startswith("[") for line in r.stderr.strip().splitlines()), r.stderr
+    assert "TracerWarning" in (tmp_path / "quiet" / "export.log").read_text()  # kept, where it can be read
+    r = export(str(tiny_bpe_student), "--format", "onnx", "--out", str(tmp_path / "loud"), "--no-mlflow",
+               "export.parity_prompts=3", "--verbose", cwd=tmp_path)
+    assert r.returncode == 0 and "TracerWarning" in r.stderr and not (tmp_path / "loud" / "export.log").exists()
