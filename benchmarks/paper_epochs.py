@@ -4,8 +4,9 @@ the student chosen on validation (tests/test_epochs.py covers the mechanism).
     .venv/bin/python benchmarks/paper_epochs.py --cells obqa/ft-answer,obqa/tinyllm   # run (resumable)
     .venv/bin/python benchmarks/paper_epochs.py --table --write                     # md section + curve PNGs
 
-A cell is dataset/method[/variant]: method as in paper_table.py; variants: `a<α>` (every teacher's α),
-`filtered` (rationales.keep_rejected=false), `s<seed>`. Each cell is one `tinyllm-distill run` with
+A cell is dataset/method[/variant...]: method as in paper_table.py; variants: `a<α>` (every teacher's α),
+`filtered` (rationales.keep_rejected=false), `s<seed>`, `e<N>` (N epochs instead of 4, e.g. for a cheaper
+α search). Each cell is one `tinyllm-distill run` with
 `train.epoch_eval=true` (printed and stored with its result); a finished cell (its JSON exists) is
 skipped, a killed one resumes from its last checkpoint (every 25 steps and at each epoch's end).
 Headline: the test accuracy at the epoch best on *validation* by exact match of the generated answer
@@ -34,19 +35,21 @@ PICKS = ("em", "loglik")  # the headline first
 
 def command(cell: str) -> list[str]:
     dataset, method, *variants = cell.split("/")
-    overrides = list(METHODS[method] or [])
+    overrides, epochs = list(METHODS[method] or []), EPOCHS
     for v in variants:
         if v.startswith("a"):
             overrides += [f"teachers.{i}.alpha={v[1:]}" for i in range(2 if method == "tinyllm" else 1)]
         elif v == "filtered":
             overrides.append("rationales.keep_rejected=false")
-        elif v.startswith("s"):
+        elif v.startswith("s") and v[1:].isdigit():
             overrides.append(f"train.seed={v[1:]}")
+        elif v.startswith("e") and v[1:].isdigit():
+            epochs = int(v[1:])
         else:
-            raise SystemExit(f"unknown variant {v!r} in {cell}: use a<alpha>, filtered or s<seed>")
+            raise SystemExit(f"unknown variant {v!r} in {cell}: use a<alpha>, filtered, s<seed> or e<epochs>")
     return [str(BIN / "tinyllm-distill"), "run", f"configs/paper/{dataset}.yaml", *overrides,
             "student.model=smollm2-135m-instruct", "student.architecture=auto", "student.task_position=after",
-            "train.batch_size=8", f"train.epochs={EPOCHS}", "train.epoch_eval=true", "train.eval_method=both",
+            "train.batch_size=8", f"train.epochs={epochs}", "train.epoch_eval=true", "train.eval_method=both",
             "train.select_by=em", "data.eval_split=valid", "train.save_every=25",
             *([f"data.max_train={BUDGET[dataset]}"] if BUDGET[dataset] else []),
             f"output_dir=runs/paper-epochs/{cell}", f"tracking.experiment=tinyllm-paper-epochs-{dataset}",

@@ -268,5 +268,5 @@ def device_readme(fmt: str, quant: str, out: Path, info: dict, report: dict, stu
               f"- top-1 next-token agreement: {report['top1_agreement']:.4f}",
               f"- mean KL(torch || export): {report['mean_kl']:.4g}",
               f"- tokenizer round trip identical: {report['tokenizer_round_trip']}",
-              f"- checks: " + ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in report["checks"].items()), ""]
+              "- checks: " + ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in report["checks"].items()), ""]
     return "\n".join(lines)

@@ -102,6 +102,8 @@ def test_epoch_cells_select_on_validation_and_name_their_variants():
     assert "teachers.0.alpha=0.5" in cmd and "teachers.1.alpha=0.5" in cmd and "train.seed=2" in cmd
     assert "data.eval_split=valid" in cmd and "train.epoch_eval=true" in cmd and "data.max_train=2000" in cmd
     assert "rationales.keep_rejected=false" in paper_epochs.command("obqa/tinyllm/filtered")
+    assert "train.epochs=2" in paper_epochs.command("obqa/tinyllm/a0.5/e2")
+    assert "train.epochs=4" in paper_epochs.command("obqa/tinyllm")
     assert not any("alpha" in c for c in paper_epochs.command("obqa/ft-answer"))
     with pytest.raises(SystemExit):
         paper_epochs.command("obqa/tinyllm/bogus")
