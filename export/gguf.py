@@ -19,7 +19,7 @@ from distill.progress import captured
 
 QUANTS = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q6_k": "MOSTLY_Q6_K", "q5_k_m": "MOSTLY_Q5_K_M",
           "q4_k_m": "MOSTLY_Q4_K_M", "q4_0": "MOSTLY_Q4_0"}
-SUPPORTED = {"LlamaForCausalLM": "LLAMA", "Qwen2ForCausalLM": "QWEN2"}
+SUPPORTED = {"LlamaForCausalLM": "LLAMA", "Qwen2ForCausalLM": "QWEN2", "Gemma3ForCausalLM": "GEMMA3"}
 
 
 def check_supported(config: dict) -> str:
@@ -67,6 +67,32 @@ def _adds_bos(tok_json: dict, tok_cfg: dict) -> bool:
     return post.get("type") == "TemplateProcessing" and bool(single) and "SpecialToken" in single[0]
 
 
+def _add_spm_vocab(w, tokens: list[str], types: list, merges: list[str], tok_json: dict) -> None:
+    """A SentencePiece ("llama") vocabulary for llama.cpp from a "▁"-BPE tokenizer with byte fallback: each
+    piece's score ranks the first merge that makes it (llama.cpp merges the best-scoring pair first, as the
+    BPE applies its merges in order), `<0xXX>` pieces are byte tokens, the unknown piece is typed so."""
+    import gguf
+
+    rank: dict[str, int] = {}
+    for r, m in enumerate(merges):
+        left, right = m.split(" ", 1)
+        rank.setdefault(left + right, r)
+    floor = -float(len(merges) + 1)
+    scores = [-float(rank[t]) if t in rank else floor for t in tokens]
+    unk = tok_json["model"].get("unk_token")
+    for i, t in enumerate(tokens):
+        if types[i] == gguf.TokenType.NORMAL and len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+            types[i] = gguf.TokenType.BYTE
+        elif t == unk:
+            types[i] = gguf.TokenType.UNKNOWN
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_add_space_prefix(False)
+
+
 def write_f16(student: Path, out_file: Path) -> dict:
     """Write the student as an f16 GGUF; returns a few facts for the report."""
     gguf = require("gguf")
@@ -77,9 +103,12 @@ def write_f16(student: Path, out_file: Path) -> dict:
     arch = getattr(gguf.MODEL_ARCH, arch_name)
     tok_json = json.loads((student / "tokenizer.json").read_text())
     tok_cfg = json.loads((student / "tokenizer_config.json").read_text())
-    if tok_json["model"]["type"] != "BPE" or not isinstance(tok_json.get("pre_tokenizer"), dict):
-        raise UserError(f"{student}: GGUF export needs a byte-level BPE tokenizer (gpt2 style); this one is "
-                        f"{tok_json['model']['type']}.")
+    # Byte-level BPE (gpt2 style: SmolLM2, Qwen2) or SentencePiece-style BPE over "▁" with byte fallback (Gemma).
+    spm = tok_json["model"]["type"] == "BPE" and bool(tok_json["model"].get("byte_fallback"))
+    if tok_json["model"]["type"] != "BPE" or not (spm or isinstance(tok_json.get("pre_tokenizer"), dict)):
+        raise UserError(f"{student}: GGUF export needs a byte-level BPE or a SentencePiece-style BPE tokenizer; this "
+                        f"one is {tok_json['model']['type']}.")
+    gemma = arch_name == "GEMMA3"
     fmt_file = student / layout.PROMPT_FORMAT
     fmt = json.loads(fmt_file.read_text()) if fmt_file.exists() else {"answer_prefix": "predict:"}
 
@@ -94,7 +123,13 @@ def write_f16(student: Path, out_file: Path) -> dict:
     w.add_feed_forward_length(hf_cfg["intermediate_size"])
     w.add_head_count(n_head)
     w.add_head_count_kv(n_kv)
-    w.add_rope_dimension_count(hf_cfg.get("head_dim") or n_embd // n_head)
+    head_dim = hf_cfg.get("head_dim") or n_embd // n_head
+    w.add_rope_dimension_count(head_dim)
+    if gemma:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        if hf_cfg.get("sliding_window"):
+            w.add_sliding_window(hf_cfg["sliding_window"])
     w.add_rope_freq_base(float(hf_cfg.get("rope_theta", 10000.0)))
     w.add_layer_norm_rms_eps(float(hf_cfg["rms_norm_eps"]))
     w.add_vocab_size(hf_cfg["vocab_size"])
@@ -112,11 +147,14 @@ def write_f16(student: Path, out_file: Path) -> dict:
         tokens[i] = t["content"]
         types[i] = gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED
     merges = [" ".join(m) if isinstance(m, list) else m for m in tok_json["model"]["merges"]]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(_pre_tokenizer(student, tok_cfg, hf_cfg))
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
+    if spm:
+        _add_spm_vocab(w, tokens, types, merges, tok_json)
+    else:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(_pre_tokenizer(student, tok_cfg, hf_cfg))
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
     ids = {t: i for i, t in enumerate(tokens)}
     for role, adder in (("bos_token", w.add_bos_token_id), ("eos_token", w.add_eos_token_id),
                         ("pad_token", w.add_pad_token_id), ("unk_token", w.add_unk_token_id)):
@@ -144,7 +182,11 @@ def write_f16(student: Path, out_file: Path) -> dict:
             raise UserError(f"{student}: tensor {name} has no GGUF name for {arch_name}; this architecture variant is "
                             "not supported.")
         data = t.astype(np.float32)
-        if name.endswith("q_proj.weight"):
+        if gemma and name.endswith("norm.weight"):
+            data = data + 1.0  # Gemma's RMSNorm scales by (1 + w); llama.cpp's by w, as its converter writes it
+        elif gemma:
+            pass  # Gemma's rotary layout is llama.cpp's NeoX one: q/k as they are
+        elif name.endswith("q_proj.weight"):
             data = _permute(data, n_head)
         elif name.endswith("k_proj.weight"):
             data = _permute(data, n_kv)
