@@ -96,3 +96,45 @@ def tiny_bpe_student(tmp_path_factory) -> Path:
     texts = [render_question(ex) for ex in load_dataset("demo").splits["train"]]
     texts.append("predict: explain_a: Answer: Explanation: Because So the answer is")
     return make_tiny_bpe_student(tmp_path_factory.mktemp("tinybpe") / "student", texts)
+
+
+def make_tiny_gemma3_student(folder: Path, texts: list[str], seed: int = 0) -> Path:
+    """A random-init Gemma 3 student with a SentencePiece-style tokenizer (BPE over "▁" with byte fallback, as
+    TinyLLM rebuilds Gemma's from its GGUF). Weights larger than the default init, so logits are decisive."""
+    import json
+
+    import torch
+    import transformers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors, trainers
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    probe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    probe.normalizer = normalizers.Replace(" ", "▁")
+    probe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=700, special_tokens=specials + byte_tokens,
+                                                         show_progress=False))
+    data = json.loads(probe.to_str())
+    vocab, merges = data["model"]["vocab"], data["model"]["merges"]
+    tk = Tokenizer(models.BPE(vocab, [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges],
+                              unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tk.normalizer = normalizers.Replace(" ", "▁")
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tk.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
+                                                      special_tokens=[("<bos>", vocab["<bos>"])])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                               unk_token="<unk>", model_input_names=["input_ids", "attention_mask"])
+    torch.manual_seed(seed)
+    cfg = transformers.Gemma3TextConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, head_dim=128, sliding_window=64,
+                                        max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
+                                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                        tie_word_embeddings=True)
+    model = transformers.Gemma3ForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.25)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
