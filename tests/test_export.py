@@ -73,7 +73,7 @@ def test_unsupported_architecture_is_refused_in_one_sentence(tiny_student, tmp_p
     from distill.errors import UserError
     from export.gguf import check_supported
 
-    with pytest.raises(UserError, match=r"GGUF export supports LlamaForCausalLM, Qwen2ForCausalLM students; this one is T5"):
+    with pytest.raises(UserError, match=r"GGUF export supports LlamaForCausalLM, Qwen2ForCausalLM, Gemma3ForCausalLM students; this one is T5"):
         check_supported({"architectures": ["T5ForConditionalGeneration"]})
     r = export(str(tmp_path / "nowhere"), "--format", "gguf", "--out", str(tmp_path / "x"), cwd=tmp_path)
     assert r.returncode == 2 and "is not a student folder" in r.stderr and "Traceback" not in r.stderr
