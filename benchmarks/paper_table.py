@@ -89,10 +89,7 @@ def run_cell(dataset: str, method: str) -> dict:
         cmd.append("--resume")  # same final weights as an uninterrupted run (tests/test_train.py)
         print(f"[paper] {dataset}/{method}: resuming from its last checkpoint", flush=True)
     start = time.time()
-    r = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"[paper] {dataset}/{method} failed (exit {r.returncode}); re-run to retry this cell.")
-    summary = json.loads(r.stdout)
+    summary = run_json(cmd, f"{dataset}/{method}")
     from bench.run import wilson
 
     n, acc = summary["n"], summary["accuracy_loglik"]
@@ -135,6 +132,14 @@ def positions(out_dir: Path) -> dict | None:
             "gold": [sum(p["gold"] == i for p in preds) for i in range(width)]}
 
 
+def run_json(cmd: list[str], what: str) -> dict:
+    """Run a tinyllm-distill command (its progress on our stderr) and return the JSON it prints."""
+    r = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"[paper] {what} failed (exit {r.returncode}); re-run to resume or retry it.")
+    return json.loads(r.stdout)
+
+
 def rescore_em(dataset: str, method: str) -> dict:
     """Add the paper's metric (exact match of the generated answer) to a finished cell recorded without it:
     its saved student (or the base model, zero-shot) answers the test split again with generation; a
@@ -160,10 +165,7 @@ def rescore_em(dataset: str, method: str) -> dict:
     printable = " ".join(c if " " not in c else repr(c) for c in cmd).replace(str(BIN) + "/", ".venv/bin/")
     print(f"[paper] {dataset}/{method}: exact match, {how}: {printable}", flush=True)
     start = time.time()
-    run = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    if run.returncode != 0:
-        raise SystemExit(f"[paper] {dataset}/{method} exact-match re-score failed (exit {run.returncode}); re-run it.")
-    summary = json.loads(run.stdout)
+    summary = run_json(cmd, f"{dataset}/{method} (exact-match re-score)")
     r.update({"accuracy_em": summary["accuracy_em"], "correct_em": correctness(em_dir, "em"), "em_command": printable,
               "em_how": how, "em_wall_s": round(time.time() - start)})
     if "accuracy_loglik" in summary and how.startswith("re-created"):

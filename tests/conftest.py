@@ -78,8 +78,15 @@ def make_tiny_bpe_student(folder: Path, texts: list[str], hidden: int = 256, see
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                                    pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                                    eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-    model = transformers.LlamaForCausalLM(cfg)
-    with torch.no_grad():  # larger logits than the default init, so parity numbers are not trivially tiny
+    return save_with_decisive_weights(transformers.LlamaForCausalLM(cfg), tok, folder)
+
+
+def save_with_decisive_weights(model, tok, folder: Path) -> Path:
+    """Matrices drawn larger than the default init, so logits are decisive and parity numbers are not
+    trivially tiny; then the model and tokenizer saved as a student folder."""
+    import torch
+
+    with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.25)
@@ -130,11 +137,4 @@ def make_tiny_gemma3_student(folder: Path, texts: list[str], seed: int = 0) -> P
                                         max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                         tie_word_embeddings=True)
-    model = transformers.Gemma3ForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.25)
-    model.save_pretrained(folder, safe_serialization=True)
-    tok.save_pretrained(folder)
-    return folder
+    return save_with_decisive_weights(transformers.Gemma3ForCausalLM(cfg), tok, folder)
