@@ -92,18 +92,41 @@ def load() -> dict[str, dict]:
     return {json.loads(f.read_text())["cell"]: json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))}
 
 
+def baseline_key(cell: str) -> tuple:
+    """What a cell shares with the fine-tuning cell it is compared with: dataset, seed and epochs (α and the
+    rationale filter are what the comparison is about)."""
+    dataset, _, *variants = cell.split("/")
+    return dataset, tuple(sorted(v for v in variants if v[:1] in ("s", "e") and v[1:].isdigit()))
+
+
+def load_running() -> dict[str, dict]:
+    """Cells still training: the epochs scored so far, from their run folders (no result JSON yet)."""
+    done, out = load(), {}
+    runs = REPO / "runs" / "paper-epochs"
+    found = [Path(d) / "epochs.json" for d, _, files in os.walk(runs, followlinks=True) if "epochs.json" in files]
+    for f in sorted(found):
+        cell = str(f.parent.relative_to(runs))
+        records = json.loads(f.read_text())["epochs"]
+        if cell not in done and records:
+            printable = " ".join(c if " " not in c else repr(c) for c in command(cell)).replace(str(BIN) + "/", ".venv/bin/")
+            out[cell] = {"cell": cell, "epochs": records, "running": True, "command": printable}
+    return out
+
+
 def table() -> str:
-    res = load()
+    res = {**load(), **load_running()}
     lines = ["| cell | epochs | chosen epoch (valid EM) | valid EM | **test EM** | chosen epoch (valid loglik) "
              "| test loglik | test EM, last epoch | wall |", "|---|---|---|---|---|---|---|---|---|"]
     for cell, r in res.items():
         em, ll, last = selected(r, "em"), selected(r, "loglik"), r["epochs"][-1]
-        wall = f"{r['wall_s'] // 60}m" + (f" (resumed from {r['resumed_from']})" if r.get("resumed_from") else "")
+        wall = "running" if r.get("running") else (
+            f"{r['wall_s'] // 60}m" + (f" (resumed from {r['resumed_from']})" if r.get("resumed_from") else ""))
         lines.append(f"| {cell} | {len(r['epochs'])} | {em['epoch']:g} | {100 * em['valid']['accuracy_em']:.1f} "
                      f"| **{100 * em['test']['accuracy_em']:.1f}** | {ll['epoch']:g} | {100 * ll['test']['accuracy_loglik']:.1f} "
                      f"| {100 * last['test']['accuracy_em']:.1f} | {wall} |")
-    pairs = [(a, b) for a in res for b in res if a.split("/")[0] == b.split("/")[0] and "/ft-answer" in b
-             and "/ft-answer" not in a]
+    finished = [c for c, r in res.items() if not r.get("running")]  # a running cell's choice can still change
+    pairs = [(a, b) for a in finished for b in finished if b.split("/")[1] == "ft-answer" != a.split("/")[1]
+             and baseline_key(a) == baseline_key(b)]
     if pairs:
         lines += ["", "Paired differences on the test split at each cell's validation-chosen epoch (points; 95% CI; "
                   "exact McNemar p):", "", "| comparison | metric | difference | 95% CI | p |", "|---|---|---|---|---|"]
@@ -112,6 +135,17 @@ def table() -> str:
                 ca, cb = selected(res[a], pick)["test_correct"][pick], selected(res[b], pick)["test_correct"][pick]
                 diff, lo, hi, p = paired(ca, cb)
                 lines.append(f"| {a} − {b} | {pick} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |")
+    lines += ["", "Every epoch (the curves' numbers, %):", "",
+              "| cell | epoch | valid EM | valid loglik | test EM | test loglik |", "|---|---|---|---|---|---|"]
+    for cell, r in res.items():
+        for e in r["epochs"]:
+            lines.append(f"| {cell} | {e['epoch']:g} | {100 * e['valid']['accuracy_em']:.1f} | "
+                         f"{100 * e['valid']['accuracy_loglik']:.1f} | {100 * e['test']['accuracy_em']:.1f} | "
+                         f"{100 * e['test']['accuracy_loglik']:.1f} |")
+    running = [c for c, r in res.items() if r.get("running")]
+    if running:
+        lines += ["", f"Still running: {', '.join(running)} — the row shows the epochs scored so far (its choice can "
+                  "still change); every epoch's numbers are in the cell's `epochs.json`, the curves in the PNG."]
     lines += ["", "| cell | command |", "|---|---|"] + [f"| {c} | `{r['command']}` |" for c, r in res.items()]
     return "\n".join(lines)
 
@@ -121,8 +155,9 @@ def plot(dataset: str) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    res = {c: r for c, r in load().items() if c.split("/")[0] == dataset}
+    res = {c: r for c, r in {**load(), **load_running()}.items() if c.split("/")[0] == dataset}
     if not res:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
@@ -138,6 +173,7 @@ def plot(dataset: str) -> Path | None:
             ax.plot([best["epoch"]], [100 * best["test"][f"accuracy_{pick}"]], "*", color=color, markersize=14)
         ax.set_title(f"{dataset}: {'exact match (paper metric)' if pick == 'em' else 'option log-likelihood'}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -162,7 +198,7 @@ def main():
             run_cell(cell)
     text = table()
     print(text)
-    for ds in sorted({c.split("/")[0] for c in load()}):
+    for ds in sorted({c.split("/")[0] for c in {**load(), **load_running()}}):
         print(f"[epochs] plot: {plot(ds)}")
     if args.write:
         write_section("epochs", text)

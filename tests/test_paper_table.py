@@ -124,3 +124,10 @@ def test_exact_match_column_and_pairs(tmp_path, monkeypatch):
     diff, lo, hi, p = paired("1111", "0001")
     assert f"| obqa | tinyllm − ft-answer | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |" in text
     assert "train.eval_method=both" in paper_table.command("obqa", "tinyllm")
+
+
+def test_epoch_cells_pair_with_the_fine_tuning_cell_of_the_same_seed_and_length():
+    key = paper_epochs.baseline_key
+    assert key("obqa/tinyllm/a0.5") == key("obqa/ft-answer") == ("obqa", ())
+    assert key("obqa/tinyllm/s1") == key("obqa/ft-answer/s1") != key("obqa/ft-answer")
+    assert key("obqa/tinyllm/a2/e2") == key("obqa/ft-answer/e2")
