@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from paper_table import BIN, BUDGET, METHODS, paired, write_section  # noqa: E402
+from paper_table import BIN, BUDGET, METHODS, paired, run_json, shown, write_section  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "paper_epochs"
 EPOCHS = 4
@@ -62,18 +61,15 @@ def run_cell(cell: str) -> dict:
         print(f"[epochs] {cell}: done earlier, skipped", flush=True)
         return json.loads(out.read_text())
     cmd = command(cell)
-    printable = " ".join(c if " " not in c else repr(c) for c in cmd).replace(str(BIN) + "/", ".venv/bin/")
+    printable = shown(cmd)
     print(f"[epochs] {cell}: {printable}", flush=True)
     folder = REPO / "runs" / "paper-epochs" / cell
-    resumed_from = None
-    if sorted((folder / "checkpoints").glob("step-*[0-9]")):
-        resumed_from = sorted((folder / "checkpoints").glob("step-*[0-9]"))[-1].name
+    done = sorted((folder / "checkpoints").glob("step-*[0-9]"))
+    resumed_from = done[-1].name if done else None
+    if resumed_from:
         cmd.append("--resume")
     start = time.time()
-    r = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"[epochs] {cell} failed (exit {r.returncode}); re-run to resume this cell.")
-    summary = json.loads(r.stdout)
+    summary = run_json(cmd, cell)
     records = json.loads((folder / "epochs.json").read_text())["epochs"]
     result = {"cell": cell, "command": printable, "epochs": records, "run_id": summary.get("run_id"),
               "wall_s": round(time.time() - start), **({"resumed_from": resumed_from} if resumed_from else {}),
@@ -108,8 +104,7 @@ def load_running() -> dict[str, dict]:
         cell = str(f.parent.relative_to(runs))
         records = json.loads(f.read_text())["epochs"]
         if cell not in done and records:
-            printable = " ".join(c if " " not in c else repr(c) for c in command(cell)).replace(str(BIN) + "/", ".venv/bin/")
-            out[cell] = {"cell": cell, "epochs": records, "running": True, "command": printable}
+            out[cell] = {"cell": cell, "epochs": records, "running": True, "command": shown(command(cell))}
     return out
 
 

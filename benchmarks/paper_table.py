@@ -80,7 +80,7 @@ def run_cell(dataset: str, method: str) -> dict:
         print(f"[paper] {dataset}/{method}: done earlier, skipped", flush=True)
         return json.loads(out.read_text())
     cmd = command(dataset, method)
-    printable = " ".join(c if " " not in c else repr(c) for c in cmd).replace(str(BIN) + "/", ".venv/bin/")
+    printable = shown(cmd)
     print(f"[paper] {dataset}/{method}: {printable}", flush=True)
     folder = REPO / f"runs/paper/{dataset}/{method}"
     done = sorted((folder / "checkpoints").glob("step-*[0-9]"))
@@ -132,6 +132,11 @@ def positions(out_dir: Path) -> dict | None:
             "gold": [sum(p["gold"] == i for p in preds) for i in range(width)]}
 
 
+def shown(cmd: list[str]) -> str:
+    """A command as the md prints it: quoted where needed, run from the repository with .venv/bin."""
+    return " ".join(c if " " not in c else repr(c) for c in cmd).replace(str(BIN) + "/", ".venv/bin/")
+
+
 def run_json(cmd: list[str], what: str) -> dict:
     """Run a tinyllm-distill command (its progress on our stderr) and return the JSON it prints."""
     r = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -162,7 +167,7 @@ def rescore_em(dataset: str, method: str) -> dict:
     else:
         em_dir = folder
         how = "re-created (its student was gone)"
-    printable = " ".join(c if " " not in c else repr(c) for c in cmd).replace(str(BIN) + "/", ".venv/bin/")
+    printable = shown(cmd)
     print(f"[paper] {dataset}/{method}: exact match, {how}: {printable}", flush=True)
     start = time.time()
     summary = run_json(cmd, f"{dataset}/{method} (exact-match re-score)")

@@ -27,14 +27,18 @@ def full_states(model, optimizer, sharded: bool) -> tuple[dict, dict]:
     return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
 
 
-def save_checkpoint(folder: Path, model_state: dict, optimizer_state: dict, scheduler, step: int, keep: int = 2,
-                    scaler=None) -> None:
+def save_weights(state: dict, path: Path) -> None:
+    """A state dict as safetensors (tied tensors written as separate copies, as safetensors requires)."""
     from safetensors.torch import save_file
 
+    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(path))
+
+
+def save_checkpoint(folder: Path, model_state: dict, optimizer_state: dict, scheduler, step: int, keep: int = 2,
+                    scaler=None) -> None:
     tmp = folder.parent / (folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in model_state.items()}
-    save_file(state, str(tmp / "model.safetensors"))
+    save_weights(model_state, tmp / "model.safetensors")
     torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save({**rng_states(), **({"scaler": scaler.state_dict()} if scaler is not None else {})}, tmp / "rng.pt")

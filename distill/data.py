@@ -68,10 +68,15 @@ class Dataset:
 
     def fingerprint(self, split: str) -> str:
         """Content hash of one split, logged with every run that uses it."""
-        h = hashlib.sha256()
-        for ex in self.split(split):
-            h.update(json.dumps(ex.to_json(), sort_keys=True).encode())
-        return h.hexdigest()[:16]
+        return fingerprint_rows(self.split(split))
+
+
+def fingerprint_rows(examples: list[Example]) -> str:
+    """Content hash of these questions, in order (a split, or the prefix of it a run used)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps(ex.to_json(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 
 from distill import layout
+from distill.checkpoints import save_weights
 from distill.evaluation import correct_string, evaluate
-
 
 
 class EpochEvaluator:
@@ -33,8 +33,9 @@ class EpochEvaluator:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.file.unlink(missing_ok=True)
         elif self.file.exists():
+            # A kill between the checkpoint and the eval: drop what came after the checkpoint.
             self.records = [r for r in json.loads(self.file.read_text())["epochs"] if r["step"] <= resume_step]
-            for r in self.records:  # a kill between the checkpoint and the eval: drop what came after it
+            for r in self.records:
                 self._log_metrics(r)
         self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -62,10 +63,7 @@ class EpochEvaluator:
             tmp = self.dir / "best.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            from safetensors.torch import save_file
-
-            state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-            save_file(state, str(tmp / "model.safetensors"))
+            save_weights(model.state_dict(), tmp / "model.safetensors")
             (tmp / "state.json").write_text(json.dumps({"step": step}))
             shutil.rmtree(self.dir / "best", ignore_errors=True)
             tmp.rename(self.dir / "best")

@@ -105,19 +105,17 @@ class Run:
 
     def log_dataset(self, ds, split: str, examples: list, context: str) -> None:
         """The split a run used, in the run's Datasets (name, split, fingerprint, rows; one row per question)."""
-        import hashlib
-
         import pandas as pd
 
-        h = hashlib.sha256()  # of the rows used (a max_train prefix has its own), as Dataset.fingerprint hashes a split
-        for ex in examples:
-            h.update(json.dumps(ex.to_json(), sort_keys=True).encode())
+        from distill.data import fingerprint_rows
+
+        digest = fingerprint_rows(examples)  # of the rows used: a max_train prefix has its own
         df = pd.DataFrame([{"id": ex.id, "question": ex.question, "choices": " | ".join(ex.choices),
                             "answer": ex.answer_text} for ex in examples])
         source = str(Path(ds.path).resolve()) if ds.path and Path(ds.path).exists() else ds.name
-        dataset = self.mlflow.data.from_pandas(df, source=source, name=f"{ds.name}/{split}", digest=h.hexdigest()[:16])
+        dataset = self.mlflow.data.from_pandas(df, source=source, name=f"{ds.name}/{split}", digest=digest)
         self.mlflow.log_input(dataset, context=context,
-                              tags={"split": split, "rows": str(len(examples)), "fingerprint": h.hexdigest()[:16]})
+                              tags={"split": split, "rows": str(len(examples)), "fingerprint": digest})
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from distill import layout
 from distill.errors import UserError, require
 from distill.progress import Progress, log
 
@@ -28,11 +27,10 @@ class NoCandidateFits(Exception):
 def validation_questions(student: Path, cfg, n: int) -> tuple[list, str]:
     """The student's validation questions: its dataset's `valid` split, or data.eval_split when that is
     not the test split."""
-    from distill.config import DataConfig, load_section
     from distill.data import load_dataset
+    from export.pipeline import student_data
 
-    resolved = layout.run_of(student) / layout.RESOLVED_CONFIG
-    data = load_section(resolved, "data", DataConfig) if resolved.exists() else cfg.data
+    data = student_data(student, cfg)
     ds = load_dataset(data.name, data.path)
     split = "valid" if "valid" in ds.splits else data.eval_split
     if split == data.test_split or split not in ds.splits:

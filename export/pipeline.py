@@ -45,18 +45,22 @@ def resolve_source(source: str | None, run_id: str | None, cfg: Config) -> tuple
     return folder, None
 
 
+def student_data(student: Path, cfg: Config):
+    """The data section the student was trained with (its run's resolved config), else the config's own.
+    Only that section is read: an older run's other sections need not match today's schema."""
+    from distill.config import DataConfig, load_section
+
+    resolved = layout.run_of(student) / layout.RESOLVED_CONFIG
+    return load_section(resolved, "data", DataConfig) if resolved.exists() else cfg.data
+
+
 def task_prompts(student: Path, cfg: Config, n: int) -> tuple[list[str], str]:
     """Answer prompts plus gold answers from the student's own test set (else the demo set)."""
     from distill.data import load_dataset
     from distill.student import PromptFormat
 
     fmt = PromptFormat.load(student)
-    data = cfg.data
-    resolved = layout.run_of(student) / layout.RESOLVED_CONFIG
-    if resolved.exists():
-        from distill.config import DataConfig, load_section
-
-        data = load_section(resolved, "data", DataConfig)
+    data = student_data(student, cfg)
     try:
         ds = load_dataset(data.name, data.path)
         exs, where = ds.split(data.test_split), f"{ds.name}/{data.test_split}"
