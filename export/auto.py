@@ -4,10 +4,13 @@ Every candidate (q4_0, q4_k_m, q5_k_m, q6_k, q8_0, and the first four with the t
 output tensor kept at q8_0) is quantized from one f16 file and answers the student's *validation*
 questions greedily through llama.cpp; its exact-match accuracy (the generated first line is the gold
 option's text) is compared with the torch student's on the same questions. The smallest file whose
-drop is at most `export.max_accuracy_drop` points wins. The test split is never used to choose.
+drop is at most `export.max_accuracy_drop` points wins. A candidate whose file is byte-identical to one
+already scored (`-e8` where llama.cpp keeps those tensors at q8_0 anyway) reuses its measurements. The
+test split is never used to choose.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -50,14 +53,16 @@ def torch_answers(model, tok, fmt, examples) -> list[str]:
     return out
 
 
-def gguf_answers(path: Path, fmt, examples, threads: int | None = None) -> list[str]:
+def gguf_answers(path: Path, fmt, examples, threads: int | None = None, task: str = "auto gguf") -> list[str]:
     llama_cpp = require("llama_cpp", "llama-cpp-python")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads=threads, verbose=False)
+    progress = Progress(task, len(examples), log, unit="questions")
     try:
         out = []
         for ex in examples:
             r = llm.create_completion(fmt.answer_prompt(ex), max_tokens=32, temperature=0.0, stop=["\n"])
             out.append(r["choices"][0]["text"].strip().split("\n")[0].strip())
+            progress.update(1)
         return out
     finally:
         llm.close()
@@ -83,13 +88,21 @@ def choose(f16: Path, out_dir: Path, student: Path, model, tok, cfg, questions: 
         quantize(f16, path, quant, embeddings_q8=keep_q8, log_file=out_dir / "export.log")
         files.append((path.stat().st_size, name, quant, keep_q8, path))
     files.sort()
-    results, chosen = [], None
+    results, chosen, seen = [], None, {}
     for size, name, quant, keep_q8, path in files:
-        answers = gguf_answers(path, fmt, examples)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest in seen:  # e.g. `-e8` on a model whose embeddings llama.cpp already keeps at q8_0 or above
+            base = seen[digest]
+            results.append({**base, "name": name, "quant": quant, "embeddings_q8_0": keep_q8,
+                            "same_file_as": base["name"]})
+            log(f"[export] auto {name}: the same bytes as {base['name']}, its measurements reused")
+            continue
+        answers = gguf_answers(path, fmt, examples, task=f"auto {name}")
         em = 100 * sum(exact_match(a, g) for a, g in zip(answers, gold)) / len(examples)
         rec = {"name": name, "quant": quant, "embeddings_q8_0": keep_q8, "size_bytes": size, "em": round(em, 2),
                "drop_points": round(torch_em - em, 2), "agreement": round(sum(a == r for a, r in zip(answers, ref)) / len(ref), 4),
                "within_budget": torch_em - em <= budget}
+        seen[digest] = rec
         results.append(rec)
         log(f"[export] auto {name}: {size / 1e6:.1f} MB, EM {em:.1f} (torch {torch_em:.1f}), same answer as torch "
             f"{100 * rec['agreement']:.0f}%" + (" — smallest within budget" if rec["within_budget"] and chosen is None else ""))
@@ -116,6 +129,8 @@ def readme_lines(auto: dict) -> list[str]:
              "| candidate | size | exact match | drop (points) | same answer as torch |", "|---|---:|---:|---:|---:|"]
     for c in auto["candidates"]:
         mark = " **(chosen)**" if c["name"] == auto["chosen"] else ""
+        if c.get("same_file_as"):
+            mark += f" (same file as {c['same_file_as']})"
         lines.append(f"| {c['name']}{mark} | {c['size_bytes'] / 1e6:.1f} MB | {c['em']:.1f}% | "
                      f"{c['drop_points']:+.1f} | "
                      f"{100 * c['agreement']:.0f}% |")

@@ -196,6 +196,12 @@ def test_quant_auto_keeps_the_smallest_candidate_within_the_budget(tiny_bpe_stud
                                     "q8_0"])
     sizes = [c["size_bytes"] for c in auto["candidates"]]
     assert sizes == sorted(sizes)  # tried from the smallest up
+    by_name = {c["name"]: c for c in auto["candidates"]}
+    twins = [c for c in auto["candidates"] if c.get("same_file_as")]
+    for c in twins:  # a byte-identical file is scored once
+        base = by_name[c["same_file_as"]]
+        assert (c["size_bytes"], c["em"], c["agreement"]) == (base["size_bytes"], base["em"], base["agreement"])
+    assert r.stderr.count(" MB, EM ") == 9 - len(twins) and r.stderr.count("its measurements reused") == len(twins)
     fits = [c for c in auto["candidates"] if c["drop_points"] <= 1]
     assert auto["chosen"] == fits[0]["name"] == report["quant"]
     assert [f.name for f in out.glob("*.gguf")] == [f"student-{auto['chosen']}.gguf"]  # the others are not kept
@@ -265,3 +271,35 @@ def test_gemma3_student_exports_to_gguf_with_its_sentencepiece_vocabulary(tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "exports" / "gguf-f16" / "parity.json").read_text())
     assert report["architecture"] == "gemma3" and report["tokenizer_round_trip"] and report["top1_agreement"] >= 0.99
+
+
+def test_quant_auto_scores_a_byte_identical_candidate_once(tmp_path, monkeypatch):
+    """`-e8` on a model whose embeddings llama.cpp keeps at q8_0 anyway gives the very same file: it is
+    listed with its twin's measurements, not scored again (the real quantizer and llama.cpp are
+    replaced here: only the choosing is under test)."""
+    from types import SimpleNamespace
+
+    import export.gguf
+    from distill.student import PromptFormat
+    from export import auto
+
+    sizes = {"q4_0": 10, "q4_k_m": 12, "q5_k_m": 14, "q6_k": 16, "q8_0": 20}
+    monkeypatch.setattr(export.gguf, "quantize", lambda src, dst, quant, **kw: dst.write_bytes(b"x" * sizes[quant]))
+    monkeypatch.setattr(PromptFormat, "load", staticmethod(lambda student: PromptFormat()))
+    examples = [SimpleNamespace(answer_text=t) for t in ("a", "b", "c", "d")]
+    monkeypatch.setattr(auto, "torch_answers", lambda model, tok, fmt, ex: ["a", "b", "c", "d"])
+    scored = []
+
+    def answers(path, fmt, ex, task=""):
+        scored.append(path.name)
+        return ["a", "b", "c", "x"] if "q4_0" in path.name else ["a", "b", "c", "d"]
+
+    monkeypatch.setattr(auto, "gguf_answers", answers)
+    report = auto.choose(tmp_path / "f16.gguf", tmp_path, tmp_path, None, None,
+                         SimpleNamespace(export=SimpleNamespace(max_accuracy_drop=1.0)), (examples, "x/valid"))
+    assert scored == ["candidate-q4_0.gguf", "candidate-q4_k_m.gguf", "candidate-q5_k_m.gguf", "candidate-q6_k.gguf",
+                      "candidate-q8_0.gguf"]
+    twins = {c["name"]: c for c in report["candidates"] if c.get("same_file_as")}
+    assert sorted(twins) == ["q4_0-e8", "q4_k_m-e8", "q5_k_m-e8", "q6_k-e8"]
+    assert twins["q4_0-e8"]["em"] == 75.0 and not twins["q4_0-e8"]["within_budget"]
+    assert report["chosen"] == "q4_k_m" and [f.name for f in tmp_path.glob("*.gguf")] == ["student-q4_k_m.gguf"]
