@@ -38,13 +38,16 @@ def discover(cfg: Config, student: Path | None) -> list[dict]:
             p = json.loads(parity.read_text())
             if p["format"] == "gguf":
                 f = d / p["file"]
-                found.append({"name": f"student-gguf-{p['quant']}", "kind": "student-gguf", "role": "student",
+                found.append({"name": f"student-gguf-{'auto-' if p.get('auto') else ''}{p['quant']}",
+                              "kind": "student-gguf", "role": "student",
                               "runtime": f"llama.cpp {p['quant']}", "path": str(f), "size_bytes": f.stat().st_size,
                               "parity_passed": p["passed"]})
             else:
                 found.append({"name": f"student-onnx-{p['quant']}", "kind": "student-onnx", "role": "student",
                               "runtime": f"onnxruntime {'fp32' if p['quant'] == 'none' else p['quant']}", "path": str(d),
                               "size_bytes": _size(d), "parity_passed": p["passed"]})
+            if any(c["name"] == found[-1]["name"] for c in found[:-1]):  # two folders holding one quant
+                found[-1]["name"] = f"student-{d.name}"
     import dataclasses
 
     for t in cfg.teachers:

@@ -234,3 +234,20 @@ def test_t5_runner_greedy_matches_generate(tmp_path):
         ref = model.generate(**enc, max_new_tokens=6, do_sample=False)
     expected = tok.decode(ref[0], skip_special_tokens=True)
     assert HFRunner(model, tok).answer(prompt, 6, []).text == expected and expected.strip()
+
+
+def test_two_exports_of_one_quant_get_distinct_contestant_names(tmp_path):
+    """`--quant auto` may choose the quant a user also exported by name: both are benched, under two names."""
+    from bench.run import discover
+    from distill.config import Config
+
+    run = tmp_path / "run"
+    (run / "student").mkdir(parents=True)
+    (run / "student" / "config.json").write_text("{}")
+    for folder, extra in (("gguf-auto", {"auto": {"chosen": "q4_0"}}), ("gguf-q4_0", {}), ("my-q4_0", {})):
+        (run / "exports" / folder).mkdir(parents=True)
+        (run / "exports" / folder / "student-q4_0.gguf").write_bytes(b"gguf")
+        (run / "exports" / folder / "parity.json").write_text(
+            json.dumps({"format": "gguf", "quant": "q4_0", "file": "student-q4_0.gguf", "passed": True, **extra}))
+    names = [c["name"] for c in discover(Config(), run / "student")]
+    assert names == ["student-torch", "student-gguf-auto-q4_0", "student-gguf-q4_0", "student-my-q4_0"]
