@@ -1,0 +1,235 @@
+"""Every export form of the OBQA TinyLLM student on all 500 OpenBookQA test questions, beside the packaged
+teachers: does the student a user ships keep what distillation taught it?
+
+    .venv/bin/python benchmarks/obqa_student_forms.py            # export, bench, write (each step resumable)
+    .venv/bin/python benchmarks/obqa_student_forms.py --write    # only rewrite the md from finished benches
+
+The student is the paper table's OBQA TinyLLM cell (`runs/paper/obqa/tinyllm/student`; its command is in
+benchmarks/results/paper_table_cpu.md). Steps, each skipped when its output exists:
+1. `tinyllm-export` to GGUF f16/q8_0/q6_k/q5_k_m/q4_k_m/q4_0, ONNX fp32/int8, and `--quant auto` (chosen on
+   the 500 *validation* questions, `--max-drop 1`).
+2. `tinyllm-bench` once per contestant (`--contestants <one>`, its own report folder, so a killed run
+   resumes at the next contestant), with the packaged teachers as the teacher rows. Nothing else runs
+   meanwhile: the latencies are measured on the 2 cores alone.
+3. The merged report (bench's own table and two plots), the paired difference of every form to the torch
+   student on the same questions (95% CI, exact McNemar p) for exact match and log-likelihood, and one
+   MLflow run holding the merged figures. Written to benchmarks/results/obqa_student_forms.{md,json} and
+   obqa_student_forms_{latency,size}.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from paper_table import BIN, paired, shown  # noqa: E402
+
+RUN = REPO / "runs" / "paper" / "obqa" / "tinyllm"
+STUDENT = RUN / "student"
+BENCH = RUN / "forms-bench"
+RESULTS = REPO / "benchmarks" / "results"
+EXPORTS = [("gguf", q) for q in ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")] + [("onnx", "none"), ("onnx", "int8")]
+TEACHERS = ("teachers=[{name: smollm2, backend: llama.cpp, model: smollm2-135m-instruct, max_new_tokens: 64}, "
+            "{name: gemma3, backend: llama.cpp, model: gemma3-270m, max_new_tokens: 64}]")
+BUDGET_POINTS = 1.0
+
+
+def sh(cmd: list[str], log: list[dict], what: str) -> None:
+    printable = shown(cmd).replace(str(REPO) + "/", "")
+    print(f"[forms] {what}: {printable}", flush=True)
+    start = time.time()
+    r = subprocess.run(cmd, cwd=REPO)
+    log.append({"step": what, "command": printable, "wall_s": round(time.time() - start), "rc": r.returncode})
+    if r.returncode not in (0,):
+        raise SystemExit(f"[forms] {what} failed (exit {r.returncode}); fix it and run again (finished steps are kept)")
+
+
+def export_all(steps: list[dict]) -> None:
+    for fmt, quant in EXPORTS:
+        if (RUN / "exports" / f"{fmt}-{quant}" / "parity.json").exists():
+            continue
+        sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", fmt, "--quant", quant], steps, f"export {fmt} {quant}")
+    if not (RUN / "exports" / "gguf-auto" / "parity.json").exists():
+        sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", "auto", "--max-drop",
+            f"{BUDGET_POINTS:g}", "--out", str(RUN / "exports" / "gguf-auto"), "export.auto_questions=500"],
+           steps, "export gguf auto")
+
+
+def contestants() -> list[str]:
+    from bench.run import discover
+    from distill.config import load_config
+
+    return [c["name"] for c in discover(load_config(RUN / "resolved_config.yaml", [TEACHERS]), STUDENT)]
+
+
+def bench_all(names: list[str], steps: list[dict]) -> None:
+    for name in names:
+        folder = BENCH / name.replace(":", "-")
+        if (folder / "report.json").exists():
+            continue
+        sh([str(BIN / "tinyllm-bench"), "-c", str(RUN / "resolved_config.yaml"), "--student", str(STUDENT),
+            "--contestants", name, "--out", str(folder), "--threads", "2", "--no-mlflow", "bench.timeout_s=3600",
+            "bench.warmup=2", TEACHERS], steps, f"bench {name}")
+
+
+def correct(pred_file: Path, key: str) -> str:
+    preds = [json.loads(line) for line in pred_file.read_text().splitlines()]
+    return "".join("1" if p[key] == p["gold"] else "0" for p in preds)
+
+
+def merge(names: list[str]) -> dict:
+    from bench.report import write_report
+
+    results, meta = [], None
+    for name in names:
+        rep = json.loads((BENCH / name.replace(":", "-") / "report.json").read_text())
+        meta = meta or rep["meta"]
+        results += rep["contestants"]
+    merged = BENCH / "merged"
+    merged.mkdir(parents=True, exist_ok=True)
+    report = write_report(results, meta, merged)
+    base = next(r for r in report["contestants"] if r["name"] == "student-torch")
+    for r in report["contestants"]:
+        if r["status"] != "ok":
+            continue
+        for m in ("generate", "loglik"):
+            a, b = correct(Path(r["predictions"]), f"pred_{m}"), correct(Path(base["predictions"]), f"pred_{m}")
+            d, lo, hi, p = paired(a, b)
+            r[f"paired_{m}"] = {"diff_points": round(100 * d, 2), "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
+                                "mcnemar_p": round(p, 4)}
+    return report
+
+
+def log_mlflow(report: dict) -> str | None:
+    from bench.run import log_bench_metrics
+    from distill.config import load_config
+    from distill.tracking import mlflow_run
+
+    cfg = load_config(RUN / "resolved_config.yaml", [])
+    with mlflow_run(cfg, "bench", run_name="bench-obqa-forms", tags={"tinyllm.dataset": "obqa",
+                                                                      "tinyllm.bench.kind": "every export form"}) as run:
+        log_bench_metrics(run, report, BENCH / "merged")
+        return getattr(run, "run_id", None)
+
+
+def kv_cache_bytes(n_ctx: int = 2048) -> int:
+    """f16 K and V for every layer and position, as llama.cpp allocates them for the student."""
+    c = json.loads((STUDENT / "config.json").read_text())
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    return 2 * c["num_hidden_layers"] * n_ctx * c.get("num_key_value_heads", c["num_attention_heads"]) * head_dim * 2
+
+
+def mb(n) -> str:
+    return f"{n / 1e6:.0f}" if n else "—"
+
+
+def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
+    rows = [r for r in report["contestants"] if r["status"] == "ok"]
+    students = [r for r in rows if r["role"] == "student"]
+    torch_row = next(r for r in students if r["name"] == "student-torch")
+    auto = json.loads((RUN / "exports" / "gguf-auto" / "parity.json").read_text())["auto"]
+    within = sorted((r for r in students if r["paired_generate"]["diff_points"] >= -BUDGET_POINTS),
+                    key=lambda r: r["size_bytes"])
+    smallest = within[0]
+    meta = report["meta"]
+    lines = [
+        "# The shipped OBQA student in every form, on all 500 OpenBookQA test questions", "",
+        "**Student.** SmolLM2-135M-Instruct distilled TinyLLM-style from the paper's released FLAN-T5-xl and "
+        "LLaMA-2-7B rationales on 2,000 OBQA training questions, one epoch — the paper table's `obqa/tinyllm` "
+        "cell (its command is in `paper_table_cpu.md`). **Teachers shown** are the packaged GGUF models (SmolLM2-135M-"
+        "Instruct Q4_1, Gemma 3 270M Q4_K_M), answering zero-shot; the paper's 3B/7B teachers are not runnable here "
+        "(their rationales are files).", "",
+        f"**How.** `.venv/bin/python benchmarks/obqa_student_forms.py` (exports, then one `tinyllm-bench` per "
+        f"contestant, then the merge; every command below). {meta['hardware']}; {meta['threads']} threads per "
+        f"runtime; {meta['warmup']} warm-up questions untimed; each of the {meta['questions']} questions answered once, "
+        "greedily, and timed; nothing else running. EM = the generated first line is the gold option's text (the "
+        "paper's metric); loglik = the option with the highest mean token log-probability. Paired differences are "
+        "against the torch student on the same questions (95% CI of the mean paired difference; exact McNemar p). "
+        f"MLflow: one run holds the merged figures (`bench-obqa-forms`, run id `{run_id}`).", "",
+        f"**Smallest form within {BUDGET_POINTS:g} EM point of torch** (point estimate of the paired difference): "
+        f"**{smallest['name']}**, {mb(smallest['size_bytes'])} MB, EM {100 * smallest['accuracy_generate']:.1f}% "
+        f"against torch's {100 * torch_row['accuracy_generate']:.1f}% "
+        f"(paired {smallest['paired_generate']['diff_points']:+.1f} [{smallest['paired_generate']['ci95'][0]:+.1f}, "
+        f"{smallest['paired_generate']['ci95'][1]:+.1f}]).", "",
+        f"**`--quant auto --max-drop {BUDGET_POINTS:g}`** chose **{auto['chosen']}** on {auto['questions']} questions "
+        f"of {auto['split']} (never the test split; torch EM there {auto['torch_em']:.1f}%):", "",
+        "| candidate | size MB | valid EM % | drop (points) | same answer as torch | |", "|---|---:|---:|---:|---:|---|"]
+    for c in auto["candidates"]:
+        note = "chosen" if c["name"] == auto["chosen"] else ("same file as " + c["same_file_as"] if c.get("same_file_as")
+                                                             else ("within budget" if c["within_budget"] else ""))
+        lines.append(f"| {c['name']} | {mb(c['size_bytes'])} | {c['em']:.1f} | {c['drop_points']:+.1f} | "
+                     f"{100 * c['agreement']:.0f}% | {note} |")
+    lines += ["", "## Every form on the test set", "",
+              "| contestant | runtime | size MB | EM % [95% CI] | EM vs torch, paired [95% CI] (McNemar p) | loglik % "
+              "| loglik vs torch, paired [95% CI] (McNemar p) | p50 s/q | p95 s/q | decode tok/s | peak RSS MB |",
+              "|---|---|---:|---|---|---:|---|---:|---:|---:|---:|"]
+
+    def pair(r, m):
+        p = r[f"paired_{m}"]
+        if r["name"] == "student-torch":
+            return "—"
+        return f"{p['diff_points']:+.1f} [{p['ci95'][0]:+.1f}, {p['ci95'][1]:+.1f}] ({p['mcnemar_p']:.2g})"
+
+    for r in sorted(rows, key=lambda r: (r["role"] != "student", -(r.get("size_bytes") or 0))):
+        lo, hi = r["ci95_generate"]
+        lines.append(f"| {r['name']} | {r['runtime']} | {mb(r.get('size_bytes'))} | {100 * r['accuracy_generate']:.1f} "
+                     f"[{100 * lo:.1f}–{100 * hi:.1f}] | {pair(r, 'generate')} | {100 * r['accuracy_loglik']:.1f} | "
+                     f"{pair(r, 'loglik')} | {r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['decode_tok_s_p50']:.1f} | "
+                     f"{r.get('peak_rss_mb', float('nan')):.0f} |")
+    kv = kv_cache_bytes()
+    ggufs = [r for r in students if r["runtime"].startswith("llama.cpp") and r.get("peak_rss_mb")]
+    if ggufs:
+        ratios = ", ".join(f"{r['name'].removeprefix('student-gguf-')} {r['peak_rss_mb'] * 1e6 / (r['size_bytes'] + kv):.2f}×"
+                           for r in ggufs)
+        lines += ["", f"**Memory of the GGUF students.** Peak RSS over (file + KV cache): {ratios}. The KV cache "
+                  f"llama.cpp allocates for the bench's n_ctx 2048 is {kv / 1e6:.0f} MB (f16 K and V for every layer and "
+                  "position); what else is resident is llama.cpp's compute buffers and the worker's Python interpreter "
+                  "with numpy, yaml and the data loader (about 40 MB, no torch: tests/test_bench.py) — the share that "
+                  "puts the smaller files above 1.5×."]
+    failed = [r for r in report["contestants"] if r["status"] != "ok"]
+    if failed:
+        lines += ["", "Did not finish: " + "; ".join(f"{r['name']}: {r['status']}" for r in failed)]
+    lines += ["", "Plots: `obqa_student_forms_latency.png` (EM vs median seconds per question), "
+              "`obqa_student_forms_size.png` (EM vs file size); students blue, teachers orange, 95% CIs.", "",
+              "## Commands (wall time)", "", "| step | wall | command |", "|---|---:|---|"]
+    lines += [f"| {s['step']} | {s['wall_s']} s | `{s['command']}` |" for s in steps]
+    (RESULTS / "obqa_student_forms.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--write", action="store_true", help="Only merge finished benches and rewrite the md.")
+    args = ap.parse_args()
+    if not (STUDENT / "config.json").exists():
+        raise SystemExit(f"no student at {STUDENT}: train it first with the obqa/tinyllm command in "
+                         "benchmarks/results/paper_table_cpu.md")
+    steps_file = BENCH / "steps.json"
+    BENCH.mkdir(parents=True, exist_ok=True)
+    steps = json.loads(steps_file.read_text()) if steps_file.exists() else []
+    try:
+        if not args.write:
+            export_all(steps)
+            bench_all(contestants(), steps)
+    finally:
+        steps_file.write_text(json.dumps(steps, indent=1) + "\n")
+    names = [n for n in contestants() if (BENCH / n.replace(":", "-") / "report.json").exists()]
+    report = merge(names)
+    run_id = log_mlflow(report)
+    slim = {**report, "contestants": [{k: v for k, v in r.items() if k not in ("predictions", "path")}
+                                      for r in report["contestants"]], "steps": steps, "mlflow_run_id": run_id}
+    (RESULTS / "obqa_student_forms.json").write_text(json.dumps(slim, indent=1) + "\n")
+    for src, dst in (("accuracy_vs_latency.png", "latency"), ("accuracy_vs_size.png", "size")):
+        shutil.copy(BENCH / "merged" / src, RESULTS / f"obqa_student_forms_{dst}.png")
+    write_md(report, steps, run_id)
+    print(f"[forms] wrote {RESULTS / 'obqa_student_forms.md'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
