@@ -200,7 +200,13 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
               "`obqa_student_forms_size.png` (EM vs file size); students blue, teachers orange, 95% CIs.", "",
               "## Commands (wall time)", "", "| step | wall | command |", "|---|---:|---|"]
     lines += [f"| {s['step']} | {s['wall_s']} s | `{s['command']}` |" for s in steps]
-    (RESULTS / "obqa_student_forms.md").write_text("\n".join(lines) + "\n")
+    md = RESULTS / "obqa_student_forms.md"
+    old = md.read_text() if md.exists() else ""
+    if "<!-- notes -->" in old:  # what a person wrote about the figures is kept across re-writes
+        notes = old[old.index("<!-- notes -->"):old.index("<!-- /notes -->") + len("<!-- /notes -->")]
+        at = lines.index("## Every form on the test set")
+        lines[at:at] = [notes, ""]
+    md.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
