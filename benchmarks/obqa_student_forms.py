@@ -149,8 +149,10 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
         f"**How.** `.venv/bin/python benchmarks/obqa_student_forms.py` (exports, then one `tinyllm-bench` per "
         f"contestant, then the merge; every command below). {meta['hardware']}; {meta['threads']} threads per "
         f"runtime; {meta['warmup']} warm-up questions untimed; each of the {meta['questions']} questions answered once, "
-        "greedily, and timed; nothing else running. EM = the generated first line is the gold option's text (the "
-        "paper's metric); loglik = the option with the highest mean token log-probability. Paired differences are "
+        "greedily, and timed; nothing else running. EM = bench's generated-answer accuracy: the generated first "
+        "line names the gold option (its text up to case and punctuation, a leading '(b)', or a line starting with "
+        "the option's text) — a little more lenient than the paper's strict exact match, which the distill run "
+        "reports (`accuracy_em`: 38.4% for this student against 38.8% here); loglik = the option with the highest mean token log-probability. Paired differences are "
         "against the torch student on the same questions (95% CI of the mean paired difference; exact McNemar p). "
         f"MLflow: one run holds the merged figures (`bench-obqa-forms`, run id `{run_id}`).", "",
         f"**Smallest form within {BUDGET_POINTS:g} EM point of torch** (point estimate of the paired difference): "
