@@ -47,7 +47,7 @@ def sh(cmd: list[str], log: list[dict], what: str) -> None:
     start = time.time()
     r = subprocess.run(cmd, cwd=REPO)
     log.append({"step": what, "command": printable, "wall_s": round(time.time() - start), "rc": r.returncode})
-    if r.returncode not in (0,):
+    if r.returncode != 0:
         raise SystemExit(f"[forms] {what} failed (exit {r.returncode}); fix it and run again (finished steps are kept)")
 
 

@@ -160,10 +160,11 @@ def rescore_em(dataset: str, method: str) -> dict:
     cmd = command(dataset, method)
     summary_file = folder / "summary.json"
     done = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    if method != "zero-shot" and done.get("accuracy_em") is not None and correctness(folder, "em"):
+    recorded = correctness(folder, "em")
+    if method != "zero-shot" and done.get("accuracy_em") is not None and recorded:
         # re-created already with the cell's own command (which now scores both metrics): nothing to run
         print(f"[paper] {dataset}/{method}: exact match from its re-created run in {folder.relative_to(REPO)}", flush=True)
-        r.update({"accuracy_em": done["accuracy_em"], "correct_em": correctness(folder, "em"), "em_command": shown(cmd),
+        r.update({"accuracy_em": done["accuracy_em"], "correct_em": recorded, "em_command": shown(cmd),
                   "em_how": "re-created (its student was gone)", "rerun_accuracy_loglik": done.get("accuracy_loglik")})
         out.write_text(json.dumps(r, indent=2) + "\n")
         return r
