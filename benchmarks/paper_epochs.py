@@ -95,6 +95,88 @@ def baseline_key(cell: str) -> tuple:
     return dataset, tuple(sorted(v for v in variants if v[:1] in ("s", "e") and v[1:].isdigit()))
 
 
+def parts(cell: str) -> tuple[str, str, int, tuple, tuple]:
+    """dataset, method, seed (0 when not given, the config's default), the epochs variant, and the variants
+    that change the recipe (α, rationale filter)."""
+    dataset, method, *variants = cell.split("/")
+    seed = next((int(v[1:]) for v in variants if v[:1] == "s" and v[1:].isdigit()), 0)
+    length = tuple(v for v in variants if v[:1] == "e" and v[1:].isdigit())
+    recipe = tuple(v for v in variants if not (v[:1] in ("s", "e") and v[1:].isdigit()))
+    return dataset, method, seed, length, recipe
+
+
+def recipe_label(recipe: tuple) -> str:
+    alpha = next((v[1:] for v in recipe if v.startswith("a")), "1")
+    return f"α {alpha}" + (", LLaMA-2 rationales the filter rejects dropped" if "filtered" in recipe else ", all rationales")
+
+
+def alpha_search(res: dict[str, dict]) -> list[str]:
+    """Per dataset/method/seed/length, the recipes tried (α, filter): each at its own validation-chosen epoch,
+    the recipe chosen by validation exact match (ties: the earlier in the list, α 1 first), and its test
+    accuracy and paired difference to fine-tuning of the same seed and length. The test split chooses nothing."""
+    groups: dict[tuple, list[str]] = {}
+    for cell, r in res.items():
+        dataset, method, seed, length, recipe = parts(cell)
+        if method != "ft-answer" and not r.get("running"):
+            groups.setdefault((dataset, method, seed, length), []).append(cell)
+    lines = []
+    for (dataset, method, seed, length), cells in groups.items():
+        if len(cells) < 2:
+            continue
+        cells.sort(key=lambda c: (parts(c)[4] != (), c))
+        best = max(cells, key=lambda c: selected(res[c], "em")["valid"]["accuracy_em"])  # first of equals wins
+        ft = next((c for c, r in res.items() if not r.get("running") and parts(c)[1] == "ft-answer"
+                   and baseline_key(c) == baseline_key(best)), None)
+        if not lines:
+            lines += ["", "Recipe chosen on validation (α for every teacher, rationale filter); each recipe at its own "
+                      "validation-chosen epoch, exact match:", "",
+                      "| cell | recipe | epoch | valid EM | test EM | test EM − fine-tuning (paired) | chosen |",
+                      "|---|---|---|---|---|---|---|"]
+        for c in cells:
+            e = selected(res[c], "em")
+            vs = "—"
+            if ft:
+                diff, lo, hi, p = paired(e["test_correct"]["em"], selected(res[ft], "em")["test_correct"]["em"])
+                vs = f"{100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p {p:.3f}"
+            lines.append(f"| {c} | {recipe_label(parts(c)[4])} | {e['epoch']:g} | {100 * e['valid']['accuracy_em']:.1f} "
+                         f"| {100 * e['test']['accuracy_em']:.1f} | {vs} | {'**chosen**' if c == best else ''} |")
+    return lines
+
+
+def seeds(res: dict[str, dict]) -> list[str]:
+    """Cells repeated over seeds: test exact match at each seed's validation-chosen epoch (mean, sample standard
+    deviation, range) and, against fine-tuning of the same seeds and length, the paired difference pooled over
+    seeds (every question of every seed one pair: it says how sure the mean difference is over these seeds'
+    noise and the questions', not how it would move with other test questions)."""
+    groups: dict[tuple, dict[int, str]] = {}
+    for cell, r in res.items():
+        dataset, method, seed, length, recipe = parts(cell)
+        if not r.get("running"):
+            groups.setdefault((dataset, method, length, recipe), {})[seed] = cell
+    multi = {k: v for k, v in groups.items() if len(v) >= 2}
+    if not multi:
+        return []
+    lines = ["", "Seeds (test exact match at each seed's validation-chosen epoch; pooled: every question of every "
+             "seed one pair):", "", "| cells | seeds | test EM per seed | mean | sd | vs fine-tuning, pooled over seeds |",
+             "|---|---|---|---|---|---|"]
+    for (dataset, method, length, recipe), by_seed in multi.items():
+        ems = [100 * selected(res[by_seed[s]], "em")["test"]["accuracy_em"] for s in sorted(by_seed)]
+        mean = sum(ems) / len(ems)
+        sd = (sum((x - mean) ** 2 for x in ems) / (len(ems) - 1)) ** 0.5
+        ft = groups.get((dataset, "ft-answer", length, ()), {}) if method != "ft-answer" else {}
+        common = sorted(set(by_seed) & set(ft))
+        vs = "—"
+        if len(common) >= 2:
+            a = "".join(selected(res[by_seed[s]], "em")["test_correct"]["em"] for s in common)
+            b = "".join(selected(res[ft[s]], "em")["test_correct"]["em"] for s in common)
+            diff, lo, hi, p = paired(a, b)
+            vs = f"{100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p {p:.3f} (seeds {', '.join(map(str, common))})"
+        name = "/".join([dataset, method, *recipe, *length])
+        lines.append(f"| {name} | {', '.join(map(str, sorted(by_seed)))} | {', '.join(f'{x:.1f}' for x in ems)} "
+                     f"| {mean:.1f} | {sd:.1f} | {vs} |")
+    return lines
+
+
 def load_running() -> dict[str, dict]:
     """Cells still training: the epochs scored so far, from their run folders (no result JSON yet)."""
     done, out = load(), {}
@@ -130,6 +212,7 @@ def table() -> str:
                 ca, cb = selected(res[a], pick)["test_correct"][pick], selected(res[b], pick)["test_correct"][pick]
                 diff, lo, hi, p = paired(ca, cb)
                 lines.append(f"| {a} − {b} | {pick} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |")
+    lines += alpha_search(res) + seeds(res)
     lines += ["", "Every epoch (the curves' numbers, %):", "",
               "| cell | epoch | valid EM | valid loglik | test EM | test loglik |", "|---|---|---|---|---|---|"]
     for cell, r in res.items():
@@ -152,7 +235,9 @@ def plot(dataset: str) -> Path | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    res = {c: r for c, r in {**load(), **load_running()}.items() if c.split("/")[0] == dataset}
+    # one line per method at its default recipe and seed 0; α variants and seeds are in the tables
+    res = {c: r for c, r in {**load(), **load_running()}.items()
+           if parts(c)[0] == dataset and parts(c)[2:] == (0, (), ())}
     if not res:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)

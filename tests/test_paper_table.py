@@ -131,3 +131,46 @@ def test_epoch_cells_pair_with_the_fine_tuning_cell_of_the_same_seed_and_length(
     assert key("obqa/tinyllm/a0.5") == key("obqa/ft-answer") == ("obqa", ())
     assert key("obqa/tinyllm/s1") == key("obqa/ft-answer/s1") != key("obqa/ft-answer")
     assert key("obqa/tinyllm/a2/e2") == key("obqa/ft-answer/e2")
+
+
+def _epoch_cell(valid_em: list[float], test_correct: list[str]) -> dict:
+    """A finished epoch cell: per epoch, a validation EM and the test verdicts (test EM follows from them)."""
+    return {"epochs": [{"epoch": i + 1, "step": i + 1, "valid": {"accuracy_em": v, "accuracy_loglik": v},
+                        "test": {"accuracy_em": t.count("1") / len(t), "accuracy_loglik": 0.0},
+                        "test_correct": {"em": t, "loglik": t}} for i, (v, t) in enumerate(zip(valid_em, test_correct))],
+            "command": "cmd", "wall_s": 60}
+
+
+def test_alpha_is_chosen_on_validation_and_compared_with_fine_tuning():
+    res = {"obqa/ft-answer": _epoch_cell([0.3], ["1100"]),
+           "obqa/tinyllm": _epoch_cell([0.4], ["1111"]),            # best on test, not on validation
+           "obqa/tinyllm/a0.5": _epoch_cell([0.2, 0.5], ["1111", "1000"]),  # best on validation (epoch 2)
+           "obqa/tinyllm/filtered": _epoch_cell([0.5], ["0000"]),    # ties a0.5 on validation, listed after it
+           "obqa/step-by-step": _epoch_cell([0.9], ["1111"])}        # a method of its own: not in tinyllm's search
+    lines = paper_epochs.alpha_search(res)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| obqa/")}
+    assert set(rows) == {"obqa/tinyllm", "obqa/tinyllm/a0.5", "obqa/tinyllm/filtered"}
+    assert rows["obqa/tinyllm/a0.5"].endswith("| **chosen** |") and "| α 0.5, all rationales | 2 | 50.0 | 25.0 |" in rows[
+        "obqa/tinyllm/a0.5"]
+    assert not rows["obqa/tinyllm"].endswith("**chosen** |") and not rows["obqa/tinyllm/filtered"].endswith("**chosen** |")
+    assert "dropped" in rows["obqa/tinyllm/filtered"]
+    diff, lo, hi, p = paired("1000", "1100")
+    assert f"{100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p {p:.3f}" in rows["obqa/tinyllm/a0.5"]
+    # a running cell is not a candidate yet; one recipe alone is no search
+    assert paper_epochs.alpha_search({**res, "obqa/tinyllm/a2": {**_epoch_cell([0.99], ["1111"]), "running": True}}) == lines
+    assert paper_epochs.alpha_search({"obqa/tinyllm": res["obqa/tinyllm"], "obqa/ft-answer": res["obqa/ft-answer"]}) == []
+
+
+def test_seeds_give_mean_spread_and_a_paired_test_pooled_over_seeds():
+    res = {"obqa/ft-answer": _epoch_cell([0.3], ["1100"]), "obqa/ft-answer/s1": _epoch_cell([0.3], ["1000"]),
+           "obqa/ft-answer/s2": _epoch_cell([0.3], ["0000"]),
+           "obqa/tinyllm": _epoch_cell([0.3], ["1110"]), "obqa/tinyllm/s1": _epoch_cell([0.3, 0.1], ["1100", "1111"]),
+           "obqa/tinyllm/a0.5/s1": _epoch_cell([0.3], ["1111"])}  # another recipe: neither tinyllm's seeds nor pooled
+    lines = paper_epochs.seeds(res)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| obqa/")}
+    assert set(rows) == {"obqa/ft-answer", "obqa/tinyllm"}
+    assert "| 0, 1, 2 | 50.0, 25.0, 0.0 | 25.0 | 25.0 | — |" in rows["obqa/ft-answer"]
+    assert "| 0, 1 | 75.0, 50.0 | 62.5 | 17.7 |" in rows["obqa/tinyllm"]  # seed 1 at its validation-chosen epoch 1
+    diff, lo, hi, p = paired("1110" + "1100", "1100" + "1000")
+    assert f"{100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p {p:.3f} (seeds 0, 1)" in rows["obqa/tinyllm"]
+    assert paper_epochs.seeds({"obqa/tinyllm": res["obqa/tinyllm"]}) == []
