@@ -116,7 +116,7 @@ def alpha_search(res: dict[str, dict]) -> list[str]:
     accuracy and paired difference to fine-tuning of the same seed and length. The test split chooses nothing."""
     groups: dict[tuple, list[str]] = {}
     for cell, r in res.items():
-        dataset, method, seed, length, recipe = parts(cell)
+        dataset, method, seed, length, _ = parts(cell)
         if method != "ft-answer" and not r.get("running"):
             groups.setdefault((dataset, method, seed, length), []).append(cell)
     lines = []
