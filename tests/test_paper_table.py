@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from math import sqrt
 from pathlib import Path
 
@@ -174,3 +175,70 @@ def test_seeds_give_mean_spread_and_a_paired_test_pooled_over_seeds():
     diff, lo, hi, p = paired("1110" + "1100", "1100" + "1000")
     assert f"{100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p {p:.3f} (seeds 0, 1)" in rows["obqa/tinyllm"]
     assert paper_epochs.seeds({"obqa/tinyllm": res["obqa/tinyllm"]}) == []
+
+
+def test_exact_match_rescore_of_a_saved_student_and_of_a_gone_one(tmp_path, tiny_student, monkeypatch):
+    """`paper_table.py --em` on a cell recorded before exact match existed: a saved student answers the test split
+    again by generation (no training); a student that is gone is re-created with the cell's own command, which
+    must reproduce the recorded log-likelihood accuracy. Tiny model, demo questions, no MLflow."""
+    import subprocess
+
+    from test_epochs import write_split_data
+    from test_train import rationale_texts
+
+    splits = write_split_data(tmp_path / "data")
+    rats = tmp_path / "a.jsonl"
+    rats.write_text("".join(json.dumps({"example_id": i, "text": t}) + "\n"
+                            for i, t in rationale_texts(splits["train"], "a").items()))
+    cfg = tmp_path / "cell.yaml"
+    cfg.write_text(f"""data: {{name: jsonl, path: {tmp_path / 'data'}}}
+teachers: [{{name: a, backend: files, model: {rats}, alpha: 1.0}}]
+student: {{model: {tiny_student}}}
+train: {{batch_size: 4, lr: 3e-3, epochs: 1, log_every: 4}}
+""")
+    cell_cmd = lambda dataset, method: [str(paper_table.BIN / "tinyllm-distill"), "run", str(cfg), "data.eval_split=test",
+                                        "train.eval_method=both", f"output_dir=runs/paper/{dataset}/{method}",
+                                        "train.save_every=2", "--no-mlflow"]
+    monkeypatch.setattr(paper_table, "REPO", tmp_path)
+    monkeypatch.setattr(paper_table, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(paper_table, "command", cell_cmd)
+    (tmp_path / "results").mkdir()
+
+    # the cell as recorded before exact match: log-likelihood only
+    old = [c if c != "train.eval_method=both" else "train.eval_method=loglik" for c in cell_cmd("obqa", "tinyllm")]
+    r = subprocess.run(old, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recorded = json.loads(r.stdout)
+    assert recorded.get("accuracy_em") is None
+    folder = tmp_path / "runs/paper/obqa/tinyllm"
+    correct = paper_table.correctness(folder, "loglik")
+    stored = {"dataset": "obqa", "method": "tinyllm", "accuracy": recorded["accuracy_loglik"], "correct": correct}
+    (tmp_path / "results/obqa-tinyllm.json").write_text(json.dumps(stored))
+    weights = (folder / "student/model.safetensors").read_bytes()
+
+    out = paper_table.rescore_em("obqa", "tinyllm")
+    assert out["em_how"] == "re-scored" and " eval " in out["em_command"] and "--model runs/paper/obqa/tinyllm/student" in out[
+        "em_command"]
+    preds = [json.loads(line) for line in (folder / "em/eval_predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in preds] == [ex.id for ex in splits["test"]]
+    assert out["correct_em"] == "".join(str(p["em"]) for p in preds)
+    assert out["accuracy_em"] == pytest.approx(out["correct_em"].count("1") / len(preds))
+    assert (folder / "student/model.safetensors").read_bytes() == weights  # scoring trains nothing
+    assert json.loads((tmp_path / "results/obqa-tinyllm.json").read_text())["correct_em"] == out["correct_em"]
+
+    # asked again: nothing runs
+    monkeypatch.setattr(paper_table, "run_json", lambda *a: pytest.fail("a cell with exact match ran again"))
+    assert paper_table.rescore_em("obqa", "tinyllm")["correct_em"] == out["correct_em"]
+    monkeypatch.undo()
+
+    # a cell whose student is gone: re-created by its own (now both-metric) command, same log-likelihood verdicts
+    monkeypatch.setattr(paper_table, "REPO", tmp_path)
+    monkeypatch.setattr(paper_table, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(paper_table, "command", cell_cmd)
+    (tmp_path / "results/obqa-tinyllm.json").write_text(json.dumps(stored))
+    shutil.rmtree(folder)
+    again = paper_table.rescore_em("obqa", "tinyllm")
+    assert again["em_how"].startswith("re-created") and " run " in again["em_command"]
+    assert again["rerun_accuracy_loglik"] == recorded["accuracy_loglik"]
+    assert paper_table.correctness(folder, "loglik") == correct
+    assert len(again["correct_em"]) == len(splits["test"])
