@@ -197,7 +197,7 @@ def table() -> str:
     for cell, r in res.items():
         em, ll, last = selected(r, "em"), selected(r, "loglik"), r["epochs"][-1]
         wall = "running" if r.get("running") else (
-            f"{r['wall_s'] // 60}m" + (f" (resumed from {r['resumed_from']})" if r.get("resumed_from") else ""))
+            f"{r['wall_s'] // 60}m" + (f" in its last sitting (resumed from {r['resumed_from']})" if r.get("resumed_from") else ""))
         lines.append(f"| {cell} | {len(r['epochs'])} | {em['epoch']:g} | {100 * em['valid']['accuracy_em']:.1f} "
                      f"| **{100 * em['test']['accuracy_em']:.1f}** | {ll['epoch']:g} | {100 * ll['test']['accuracy_loglik']:.1f} "
                      f"| {100 * last['test']['accuracy_em']:.1f} | {wall} |")
