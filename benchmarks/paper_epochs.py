@@ -110,6 +110,12 @@ def recipe_label(recipe: tuple) -> str:
     return f"α {alpha}" + (", LLaMA-2 rationales the filter rejects dropped" if "filtered" in recipe else ", all rationales")
 
 
+def paired_text(a: str, b: str) -> str:
+    """The paired difference a − b of two verdict strings, as the α-search and seeds tables print it."""
+    diff, lo, hi, p = paired(a, b)
+    return f"{100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p {p:.3f}"
+
+
 def alpha_search(res: dict[str, dict]) -> list[str]:
     """Per dataset/method/seed/length, the recipes tried (α, filter): each at its own validation-chosen epoch,
     the recipe chosen by validation exact match (ties: the earlier in the list, α 1 first), and its test
@@ -134,10 +140,7 @@ def alpha_search(res: dict[str, dict]) -> list[str]:
                       "|---|---|---|---|---|---|---|"]
         for c in cells:
             e = selected(res[c], "em")
-            vs = "—"
-            if ft:
-                diff, lo, hi, p = paired(e["test_correct"]["em"], selected(res[ft], "em")["test_correct"]["em"])
-                vs = f"{100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p {p:.3f}"
+            vs = paired_text(e["test_correct"]["em"], selected(res[ft], "em")["test_correct"]["em"]) if ft else "—"
             lines.append(f"| {c} | {recipe_label(parts(c)[4])} | {e['epoch']:g} | {100 * e['valid']['accuracy_em']:.1f} "
                          f"| {100 * e['test']['accuracy_em']:.1f} | {vs} | {'**chosen**' if c == best else ''} |")
     return lines
@@ -169,8 +172,7 @@ def seeds(res: dict[str, dict]) -> list[str]:
         if len(common) >= 2:
             a = "".join(selected(res[by_seed[s]], "em")["test_correct"]["em"] for s in common)
             b = "".join(selected(res[ft[s]], "em")["test_correct"]["em"] for s in common)
-            diff, lo, hi, p = paired(a, b)
-            vs = f"{100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p {p:.3f} (seeds {', '.join(map(str, common))})"
+            vs = f"{paired_text(a, b)} (seeds {', '.join(map(str, common))})"
         name = "/".join([dataset, method, *recipe, *length])
         lines.append(f"| {name} | {', '.join(map(str, sorted(by_seed)))} | {', '.join(f'{x:.1f}' for x in ems)} "
                      f"| {mean:.1f} | {sd:.1f} | {vs} |")
