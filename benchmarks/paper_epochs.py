@@ -91,8 +91,8 @@ def load() -> dict[str, dict]:
 def baseline_key(cell: str) -> tuple:
     """What a cell shares with the fine-tuning cell it is compared with: dataset, seed and epochs (α and the
     rationale filter are what the comparison is about)."""
-    dataset, _, *variants = cell.split("/")
-    return dataset, tuple(sorted(v for v in variants if v[:1] in ("s", "e") and v[1:].isdigit()))
+    dataset, _, seed, length, _ = parts(cell)
+    return dataset, seed, length
 
 
 def parts(cell: str) -> tuple[str, str, int, tuple, tuple]:

@@ -129,8 +129,9 @@ def test_exact_match_column_and_pairs(tmp_path, monkeypatch):
 
 def test_epoch_cells_pair_with_the_fine_tuning_cell_of_the_same_seed_and_length():
     key = paper_epochs.baseline_key
-    assert key("obqa/tinyllm/a0.5") == key("obqa/ft-answer") == ("obqa", ())
+    assert key("obqa/tinyllm/a0.5") == key("obqa/ft-answer") == key("obqa/ft-answer/s0")  # seed 0 is the default
     assert key("obqa/tinyllm/s1") == key("obqa/ft-answer/s1") != key("obqa/ft-answer")
+    assert key("obqa/tinyllm/e2") != key("obqa/ft-answer") != key("riddlesense/ft-answer")
     assert key("obqa/tinyllm/a2/e2") == key("obqa/ft-answer/e2")
 
 
