@@ -243,3 +243,16 @@ train: {{batch_size: 4, lr: 3e-3, epochs: 1, log_every: 4}}
     assert again["rerun_accuracy_loglik"] == recorded["accuracy_loglik"]
     assert paper_table.correctness(folder, "loglik") == correct
     assert len(again["correct_em"]) == len(splits["test"])
+
+
+def test_tinyllm_on_a_one_teacher_dataset_trains_on_the_released_teacher_only():
+    piqa = paper_table.command("piqa", "tinyllm")
+    assert any("flan-t5-xl" in a for a in piqa) and not any("llama-2-7b" in a for a in piqa)
+    assert any("llama-2-7b" in a for a in paper_table.command("obqa", "tinyllm"))
+    with pytest.raises(SystemExit, match="piqa/tinyllm"):
+        paper_table.command("piqa", "step-by-step")
+    # an α variant sets every teacher the cell has, and only those
+    assert [a for a in paper_epochs.command("piqa/tinyllm/a0.5") if "alpha=" in a] == ["teachers.0.alpha=0.5"]
+    assert [a for a in paper_epochs.command("obqa/tinyllm/a2") if "alpha=" in a] == ["teachers.0.alpha=2", "teachers.1.alpha=2"]
+    with pytest.raises(SystemExit, match="no teachers"):
+        paper_epochs.command("obqa/ft-answer/a2")
