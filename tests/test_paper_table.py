@@ -256,3 +256,6 @@ def test_tinyllm_on_a_one_teacher_dataset_trains_on_the_released_teacher_only():
     assert [a for a in paper_epochs.command("obqa/tinyllm/a2") if "alpha=" in a] == ["teachers.0.alpha=2", "teachers.1.alpha=2"]
     with pytest.raises(SystemExit, match="no teachers"):
         paper_epochs.command("obqa/ft-answer/a2")
+    one = {("piqa", "tinyllm"): {"accuracy": 0.5}, ("piqa", "ft-answer"): {"accuracy": 0.4}}
+    assert any("piqa: our TinyLLM cell has one teacher" in line for line in paper_table.paper_beside_ours(one))
+    assert not any("one teacher" in line for line in paper_table.paper_beside_ours({("obqa", "tinyllm"): {"accuracy": 0.5}}))
