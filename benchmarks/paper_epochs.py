@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from paper_table import BIN, BUDGET, overrides as method_overrides, paired, run_json, shown, write_section  # noqa: E402
+from paper_table import BIN, BUDGET, n_teachers, overrides as method_overrides, paired, run_json, shown, write_section  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "paper_epochs"
 EPOCHS = 4
@@ -34,13 +34,12 @@ PICKS = ("em", "loglik")  # the headline first
 
 def command(cell: str) -> list[str]:
     dataset, method, *variants = cell.split("/")
-    overrides, epochs = method_overrides(dataset, method), EPOCHS
-    n_teachers = sum(o.count("backend:") for o in overrides)
+    overrides, epochs, teachers = method_overrides(dataset, method), EPOCHS, n_teachers(dataset, method)
     for v in variants:
         if v.startswith("a"):
-            if not n_teachers:
+            if not teachers:
                 raise SystemExit(f"{cell}: {method} has no teachers, so no α to set; drop the {v} variant")
-            overrides += [f"teachers.{i}.alpha={v[1:]}" for i in range(n_teachers)]
+            overrides += [f"teachers.{i}.alpha={v[1:]}" for i in range(teachers)]
         elif v == "filtered":
             overrides.append("rationales.keep_rejected=false")
         elif v.startswith("s") and v[1:].isdigit():

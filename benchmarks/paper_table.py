@@ -30,24 +30,33 @@ BUDGET = {"obqa": 2000, "arc": None, "riddlesense": 2000, "piqa": 2000, "pubmedq
 
 FLAN = "{name: flan-t5-xl, backend: files, model: flan-t5-xl, alpha: 1.0}"
 LLAMA = "{name: llama-2-7b, backend: files, model: llama-2-7b, alpha: 1.0}"
+TEACHERS = {"step-by-step": (FLAN,), "tinyllm": (FLAN, LLAMA)}
+"""The teachers of each distillation method, in order (its `teachers=[...]` override below)."""
 METHODS = {
     "zero-shot": None,
     "lora-answer": ["teachers=[]", "student.lora=true", "train.lr=1e-4"],
     "ft-answer": ["teachers=[]"],
-    "step-by-step": [f"teachers=[{FLAN}]"],
-    "tinyllm": [f"teachers=[{FLAN}, {LLAMA}]"],
+    **{m: [f"teachers=[{', '.join(t)}]"] for m, t in TEACHERS.items()},
 }
+
 
 # Datasets whose release has the FLAN-T5-xl rationales only: TinyLLM there trains on the one teacher there is,
 # which is step-by-step's recipe (the table says so; running both would train the same student twice).
 ONE_TEACHER = {"piqa": "the paper released no LLaMA-2 rationales for PIQA"}
 
 
+def recipe(dataset: str, method: str) -> str:
+    """The method whose overrides a cell uses: TinyLLM on a one-teacher dataset is step-by-step's recipe."""
+    return "step-by-step" if method == "tinyllm" and dataset in ONE_TEACHER else method
+
+
 def overrides(dataset: str, method: str) -> list[str]:
     """The method's config overrides on this dataset (TinyLLM keeps only the teachers the release has)."""
-    if method == "tinyllm" and dataset in ONE_TEACHER:
-        return list(METHODS["step-by-step"])
-    return list(METHODS[method] or [])
+    return list(METHODS[recipe(dataset, method)] or [])
+
+
+def n_teachers(dataset: str, method: str) -> int:
+    return len(TEACHERS.get(recipe(dataset, method), ()))
 
 
 # The paper's own numbers (arXiv 2402.04616 v1, main table; ../shared/PAPER_RESULTS.md): accuracy (%) of its
