@@ -46,8 +46,10 @@ def command(cell: str) -> list[str]:
             overrides.append(f"train.seed={v[1:]}")
         elif v.startswith("e") and v[1:].isdigit():
             epochs = int(v[1:])
+        elif v == "bf16":  # training's forward/backward under bf16 autocast; evaluation stays fp32
+            overrides.append("train.precision=bf16")
         else:
-            raise SystemExit(f"unknown variant {v!r} in {cell}: use a<alpha>, filtered, s<seed> or e<epochs>")
+            raise SystemExit(f"unknown variant {v!r} in {cell}: use a<alpha>, filtered, s<seed>, e<epochs> or bf16")
     return [str(BIN / "tinyllm-distill"), "run", f"configs/paper/{dataset}.yaml", *overrides,
             "student.model=smollm2-135m-instruct", "student.architecture=auto", "student.task_position=after",
             "train.batch_size=8", f"train.epochs={epochs}", "train.epoch_eval=true", "train.eval_method=both",
@@ -91,20 +93,21 @@ def load() -> dict[str, dict]:
 
 
 def baseline_key(cell: str) -> tuple:
-    """What a cell shares with the fine-tuning cell it is compared with: dataset, seed and epochs (α and the
-    rationale filter are what the comparison is about)."""
-    dataset, _, seed, length, _ = parts(cell)
-    return dataset, seed, length
+    """What a cell shares with the fine-tuning cell it is compared with: dataset, seed and training setting
+    (epochs, precision); α and the rationale filter are what the comparison is about."""
+    dataset, _, seed, setting, _ = parts(cell)
+    return dataset, seed, setting
 
 
 def parts(cell: str) -> tuple[str, str, int, tuple, tuple]:
-    """dataset, method, seed (0 when not given, the config's default), the epochs variant, and the variants
-    that change the recipe (α, rationale filter)."""
+    """dataset, method, seed (0 when not given, the config's default), the training setting (epochs and
+    precision variants: held fixed in every comparison), and the variants that change the recipe (α,
+    rationale filter)."""
     dataset, method, *variants = cell.split("/")
     seed = next((int(v[1:]) for v in variants if v[:1] == "s" and v[1:].isdigit()), 0)
-    length = tuple(v for v in variants if v[:1] == "e" and v[1:].isdigit())
-    recipe = tuple(v for v in variants if not (v[:1] in ("s", "e") and v[1:].isdigit()))
-    return dataset, method, seed, length, recipe
+    setting = tuple(v for v in variants if (v[:1] == "e" and v[1:].isdigit()) or v == "bf16")
+    recipe = tuple(v for v in variants if not ((v[:1] in ("s", "e") and v[1:].isdigit()) or v == "bf16"))
+    return dataset, method, seed, setting, recipe
 
 
 def recipe_label(recipe: tuple) -> str:
@@ -119,16 +122,16 @@ def paired_text(a: str, b: str) -> str:
 
 
 def alpha_search(res: dict[str, dict]) -> list[str]:
-    """Per dataset/method/seed/length, the recipes tried (α, filter): each at its own validation-chosen epoch,
+    """Per dataset/method/seed/setting, the recipes tried (α, filter): each at its own validation-chosen epoch,
     the recipe chosen by validation exact match (ties: the earlier in the list, α 1 first), and its test
-    accuracy and paired difference to fine-tuning of the same seed and length. The test split chooses nothing."""
+    accuracy and paired difference to fine-tuning of the same seed and setting. The test split chooses nothing."""
     groups: dict[tuple, list[str]] = {}
     for cell, r in res.items():
-        dataset, method, seed, length, _ = parts(cell)
+        dataset, method, seed, setting, _ = parts(cell)
         if method != "ft-answer" and not r.get("running"):
-            groups.setdefault((dataset, method, seed, length), []).append(cell)
+            groups.setdefault((dataset, method, seed, setting), []).append(cell)
     lines = []
-    for (dataset, method, seed, length), cells in groups.items():
+    for (dataset, method, seed, setting), cells in groups.items():
         if len(cells) < 2:
             continue
         cells.sort(key=lambda c: (parts(c)[4] != (), c))
@@ -150,32 +153,32 @@ def alpha_search(res: dict[str, dict]) -> list[str]:
 
 def seeds(res: dict[str, dict]) -> list[str]:
     """Cells repeated over seeds: test exact match at each seed's validation-chosen epoch (mean, sample standard
-    deviation, range) and, against fine-tuning of the same seeds and length, the paired difference pooled over
+    deviation, range) and, against fine-tuning of the same seeds and setting, the paired difference pooled over
     seeds (every question of every seed one pair: it says how sure the mean difference is over these seeds'
     noise and the questions', not how it would move with other test questions)."""
     groups: dict[tuple, dict[int, str]] = {}
     for cell, r in res.items():
-        dataset, method, seed, length, recipe = parts(cell)
+        dataset, method, seed, setting, recipe = parts(cell)
         if not r.get("running"):
-            groups.setdefault((dataset, method, length, recipe), {})[seed] = cell
+            groups.setdefault((dataset, method, setting, recipe), {})[seed] = cell
     multi = {k: v for k, v in groups.items() if len(v) >= 2}
     if not multi:
         return []
     lines = ["", "Seeds (test exact match at each seed's validation-chosen epoch; pooled: every question of every "
              "seed one pair):", "", "| cells | seeds | test EM per seed | mean | sd | vs fine-tuning, pooled over seeds |",
              "|---|---|---|---|---|---|"]
-    for (dataset, method, length, recipe), by_seed in multi.items():
+    for (dataset, method, setting, recipe), by_seed in multi.items():
         ems = [100 * selected(res[by_seed[s]], "em")["test"]["accuracy_em"] for s in sorted(by_seed)]
         mean = sum(ems) / len(ems)
         sd = (sum((x - mean) ** 2 for x in ems) / (len(ems) - 1)) ** 0.5
-        ft = groups.get((dataset, "ft-answer", length, ()), {}) if method != "ft-answer" else {}
+        ft = groups.get((dataset, "ft-answer", setting, ()), {}) if method != "ft-answer" else {}
         common = sorted(set(by_seed) & set(ft))
         vs = "—"
         if len(common) >= 2:
             a = "".join(selected(res[by_seed[s]], "em")["test_correct"]["em"] for s in common)
             b = "".join(selected(res[ft[s]], "em")["test_correct"]["em"] for s in common)
             vs = f"{paired_text(a, b)} (seeds {', '.join(map(str, common))})"
-        name = "/".join([dataset, method, *recipe, *length])
+        name = "/".join([dataset, method, *recipe, *setting])
         lines.append(f"| {name} | {', '.join(map(str, sorted(by_seed)))} | {', '.join(f'{x:.1f}' for x in ems)} "
                      f"| {mean:.1f} | {sd:.1f} | {vs} |")
     return lines

@@ -105,6 +105,8 @@ def test_epoch_cells_select_on_validation_and_name_their_variants():
     assert "rationales.keep_rejected=false" in paper_epochs.command("obqa/tinyllm/filtered")
     assert "train.epochs=2" in paper_epochs.command("obqa/tinyllm/a0.5/e2")
     assert "train.epochs=4" in paper_epochs.command("obqa/tinyllm")
+    assert "train.precision=bf16" in paper_epochs.command("obqa/tinyllm/e2/bf16")
+    assert not any("precision" in c for c in paper_epochs.command("obqa/tinyllm/e2"))
     assert not any("alpha" in c for c in paper_epochs.command("obqa/ft-answer"))
     with pytest.raises(SystemExit):
         paper_epochs.command("obqa/tinyllm/bogus")
@@ -127,12 +129,15 @@ def test_exact_match_column_and_pairs(tmp_path, monkeypatch):
     assert "train.eval_method=both" in paper_table.command("obqa", "tinyllm")
 
 
-def test_epoch_cells_pair_with_the_fine_tuning_cell_of_the_same_seed_and_length():
+def test_epoch_cells_pair_with_the_fine_tuning_cell_of_the_same_seed_and_setting():
     key = paper_epochs.baseline_key
     assert key("obqa/tinyllm/a0.5") == key("obqa/ft-answer") == key("obqa/ft-answer/s0")  # seed 0 is the default
     assert key("obqa/tinyllm/s1") == key("obqa/ft-answer/s1") != key("obqa/ft-answer")
     assert key("obqa/tinyllm/e2") != key("obqa/ft-answer") != key("riddlesense/ft-answer")
     assert key("obqa/tinyllm/a2/e2") == key("obqa/ft-answer/e2")
+    # precision is part of the training setting: a bf16 cell pairs only with bf16 fine-tuning
+    assert key("obqa/tinyllm/a2/e2/bf16") == key("obqa/ft-answer/e2/bf16") != key("obqa/ft-answer/e2")
+    assert paper_epochs.parts("obqa/tinyllm/a2/e2/bf16")[4] == ("a2",)
 
 
 def _epoch_cell(valid_em: list[float], test_correct: list[str]) -> dict:
