@@ -6,7 +6,8 @@ the student chosen on validation (tests/test_epochs.py covers the mechanism).
 
 A cell is dataset/method[/variant...]: method as in paper_table.py; variants: `a<α>` (every teacher's α),
 `filtered` (rationales.keep_rejected=false), `s<seed>`, `e<N>` (N epochs instead of 4, e.g. for a cheaper
-α search). Each cell is one `tinyllm-distill run` with
+α search), `bf16` (training under bf16 autocast; compared only with cells of the same precision, and checked
+against its fp32 twin where one was run). Each cell is one `tinyllm-distill run` with
 `train.epoch_eval=true` (printed and stored with its result); a finished cell (its JSON exists) is
 skipped, a killed one resumes from its last checkpoint (every 25 steps and at each epoch's end).
 Headline: the test accuracy at the epoch best on *validation* by exact match of the generated answer
@@ -25,7 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from paper_table import BIN, BUDGET, n_teachers, overrides as method_overrides, paired, run_json, shown, write_section  # noqa: E402
+from paper_table import (BIN, BUDGET, load_results, n_teachers, overrides as method_overrides, paired, run_json,  # noqa: E402
+                         shown, write_section)
 
 RESULTS = REPO / "benchmarks" / "results" / "paper_epochs"
 EPOCHS = 4
@@ -184,6 +186,40 @@ def seeds(res: dict[str, dict]) -> list[str]:
     return lines
 
 
+def fp32_twin(cell: str, res: dict[str, dict], one_epoch: dict[tuple[str, str], dict]) -> tuple[str, dict] | None:
+    """The same cell trained in fp32: an epochs cell of that name, or, for a one-epoch cell of a method's
+    default recipe and seed, the one-epoch cell of paper_table.py (same data, seed and schedule). Its test
+    verdicts per metric, at its last epoch (the same training steps as the bf16 cell's last epoch)."""
+    name = "/".join(v for v in cell.split("/") if v != "bf16")
+    if name in res and not res[name].get("running"):
+        return name, res[name]["epochs"][-1]["test_correct"]
+    dataset, method, seed, setting, recipe = parts(name)
+    r = one_epoch.get((dataset, method)) if (seed, setting, recipe) == (0, ("e1",), ()) else None
+    if r and r.get("correct_em"):
+        return f"{dataset}/{method} (one-epoch table)", {"em": r["correct_em"], "loglik": r["correct"]}
+    return None
+
+
+def precision_check(res: dict[str, dict], one_epoch: dict[tuple[str, str], dict]) -> list[str]:
+    """bf16 cells against their fp32 twins on the test split, at the last epoch: how far the numerics move
+    accuracy, and on how many questions the two students agree."""
+    lines = []
+    for cell, r in res.items():
+        twin = None if r.get("running") or "bf16" not in cell.split("/") else fp32_twin(cell, res, one_epoch)
+        if not twin:
+            continue
+        if not lines:
+            lines = ["", "Training precision: bf16 cells against the same cell trained in fp32 (test split, last epoch):",
+                     "", "| bf16 cell | fp32 twin | metric | bf16 | fp32 | bf16 − fp32 (paired) | same verdict |",
+                     "|---|---|---|---|---|---|---|"]
+        for pick in PICKS:
+            a, b = r["epochs"][-1]["test_correct"][pick], twin[1][pick]
+            same = sum(x == y for x, y in zip(a, b)) / len(a)
+            lines.append(f"| {cell} | {twin[0]} | {pick} | {100 * a.count('1') / len(a):.1f} | "
+                         f"{100 * b.count('1') / len(b):.1f} | {paired_text(a, b)} | {100 * same:.1f}% |")
+    return lines
+
+
 def load_running() -> dict[str, dict]:
     """Cells still training: the epochs scored so far, from their run folders (no result JSON yet)."""
     done, out = load(), {}
@@ -219,7 +255,7 @@ def table() -> str:
                 ca, cb = selected(res[a], pick)["test_correct"][pick], selected(res[b], pick)["test_correct"][pick]
                 diff, lo, hi, p = paired(ca, cb)
                 lines.append(f"| {a} − {b} | {pick} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |")
-    lines += alpha_search(res) + seeds(res)
+    lines += alpha_search(res) + seeds(res) + precision_check(res, load_results())
     lines += ["", "Every epoch (the curves' numbers, %):", "",
               "| cell | epoch | valid EM | valid loglik | test EM | test loglik |", "|---|---|---|---|---|---|"]
     for cell, r in res.items():

@@ -168,6 +168,27 @@ def test_alpha_is_chosen_on_validation_and_compared_with_fine_tuning():
     assert paper_epochs.alpha_search({"obqa/tinyllm": res["obqa/tinyllm"], "obqa/ft-answer": res["obqa/ft-answer"]}) == []
 
 
+def test_bf16_cells_are_checked_against_their_fp32_twin_at_the_last_epoch():
+    res = {"obqa/tinyllm/e2": _epoch_cell([0.3, 0.2], ["0000", "1100"]),
+           "obqa/tinyllm/e2/bf16": _epoch_cell([0.3, 0.4], ["1111", "1110"]),
+           "obqa/ft-answer/e1/bf16": _epoch_cell([0.3], ["1000"]),
+           "obqa/tinyllm/a2/e2/bf16": _epoch_cell([0.3], ["1000"]),  # no fp32 twin: no row
+           "riddlesense/ft-answer/e1/bf16": _epoch_cell([0.3], ["1000"])}  # twin scored without EM yet: no row
+    one_epoch = {("obqa", "ft-answer"): {"correct": "1001", "correct_em": "0001"},
+                 ("riddlesense", "ft-answer"): {"correct": "1001"}}
+    rows = [line for line in paper_epochs.precision_check(res, one_epoch) if line.startswith("| obqa/") or
+            line.startswith("| riddlesense/")]
+    assert [r.split(" | ")[:3] for r in rows] == [
+        ["| obqa/tinyllm/e2/bf16", "obqa/tinyllm/e2", "em"], ["| obqa/tinyllm/e2/bf16", "obqa/tinyllm/e2", "loglik"],
+        ["| obqa/ft-answer/e1/bf16", "obqa/ft-answer (one-epoch table)", "em"],
+        ["| obqa/ft-answer/e1/bf16", "obqa/ft-answer (one-epoch table)", "loglik"]]
+    # last epochs compared (1110 vs 1100), not the best ones; agreement counted per question
+    assert "| 75.0 | 50.0 | " in rows[0] and rows[0].endswith("| 75.0% |")
+    assert "| 25.0 | 25.0 | " in rows[2] and rows[2].endswith("| 50.0% |")  # 1000 vs 0001
+    assert "| 25.0 | 50.0 | " in rows[3]  # log-likelihood against the twin's own log-likelihood verdicts
+    assert paper_epochs.precision_check({"obqa/tinyllm/e2": res["obqa/tinyllm/e2"]}, one_epoch) == []
+
+
 def test_seeds_give_mean_spread_and_a_paired_test_pooled_over_seeds():
     res = {"obqa/ft-answer": _epoch_cell([0.3], ["1100"]), "obqa/ft-answer/s1": _epoch_cell([0.3], ["1000"]),
            "obqa/ft-answer/s2": _epoch_cell([0.3], ["0000"]),
