@@ -271,6 +271,13 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def curve_cells(res: dict[str, dict], dataset: str) -> dict[str, dict]:
+    """The cells drawn as curves: each method at its default recipe, seed 0 and full length, in fp32 and,
+    where run, bf16 (labelled by its name); α variants, shorter runs and other seeds are in the tables."""
+    return {c: r for c, r in res.items()
+            if parts(c)[0] == dataset and parts(c)[2] == 0 and parts(c)[3] in ((), ("bf16",)) and not parts(c)[4]}
+
+
 def plot(dataset: str) -> Path | None:
     import matplotlib
 
@@ -278,9 +285,7 @@ def plot(dataset: str) -> Path | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    # one line per method at its default recipe and seed 0; α variants and seeds are in the tables
-    res = {c: r for c, r in {**load(), **load_running()}.items()
-           if parts(c)[0] == dataset and parts(c)[2:] == (0, (), ())}
+    res = curve_cells({**load(), **load_running()}, dataset)
     if not res:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)

@@ -189,6 +189,15 @@ def test_bf16_cells_are_checked_against_their_fp32_twin_at_the_last_epoch():
     assert paper_epochs.precision_check({"obqa/tinyllm/e2": res["obqa/tinyllm/e2"]}, one_epoch) == []
 
 
+def test_curves_draw_each_method_at_full_length_default_recipe_and_seed():
+    cells = ["obqa/ft-answer", "obqa/tinyllm", "obqa/tinyllm/bf16", "obqa/tinyllm/e2/bf16", "obqa/tinyllm/a0.5",
+             "obqa/tinyllm/s1", "obqa/ft-answer/s0", "riddlesense/ft-answer/bf16"]
+    res = {c: _epoch_cell([0.3], ["1"]) for c in cells}
+    assert list(paper_epochs.curve_cells(res, "obqa")) == ["obqa/ft-answer", "obqa/tinyllm", "obqa/tinyllm/bf16",
+                                                           "obqa/ft-answer/s0"]
+    assert list(paper_epochs.curve_cells(res, "riddlesense")) == ["riddlesense/ft-answer/bf16"]
+
+
 def test_seeds_give_mean_spread_and_a_paired_test_pooled_over_seeds():
     res = {"obqa/ft-answer": _epoch_cell([0.3], ["1100"]), "obqa/ft-answer/s1": _epoch_cell([0.3], ["1000"]),
            "obqa/ft-answer/s2": _epoch_cell([0.3], ["0000"]),
