@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from paper_table import (BIN, BUDGET, load_results, n_teachers, overrides as method_overrides, paired, run_json,  # noqa: E402
-                         shown, write_section)
+from paper_table import (BIN, BUDGET, load_results, n_teachers, overrides as method_overrides, paired,  # noqa: E402
+                         prune_checkpoints, run_json, shown, write_section)
 
 RESULTS = REPO / "benchmarks" / "results" / "paper_epochs"
 EPOCHS = 4
@@ -82,6 +82,7 @@ def run_cell(cell: str) -> dict:
               "hardware": f"{platform.machine()}, {os.cpu_count()} cores"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
+    prune_checkpoints(folder)
     return result
 
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -128,7 +129,19 @@ def run_cell(dataset: str, method: str) -> dict:
               "budget": BUDGET[dataset] or "full", "hardware": f"{platform.machine()}, {os.cpu_count()} cores"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    prune_checkpoints(folder)
     return result
+
+
+def prune_checkpoints(folder: Path) -> None:
+    """A finished cell's resume checkpoints (weights and optimizer state, ~1.6 GB each) are no longer
+    needed once its result is written: its saved student (and, for epoch cells, each epoch's) stays."""
+    ckpt = folder / "checkpoints"
+    if ckpt.is_dir():
+        size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+        shutil.rmtree(ckpt)
+        print(f"[paper] {folder.relative_to(REPO)}: finished, its resume checkpoints removed "
+              f"({size / 1e9:.1f} GB); the saved student stays", flush=True)
 
 
 def correctness(out_dir: Path, pick: str = "loglik") -> str | None:
@@ -209,6 +222,7 @@ def rescore_em(dataset: str, method: str) -> dict:
     if "accuracy_loglik" in summary and how.startswith("re-created"):
         r["rerun_accuracy_loglik"] = summary["accuracy_loglik"]
     out.write_text(json.dumps(r, indent=2) + "\n")
+    prune_checkpoints(folder)
     return r
 
 

@@ -294,3 +294,17 @@ def test_tinyllm_on_a_one_teacher_dataset_trains_on_the_released_teacher_only():
     one = {("piqa", "tinyllm"): {"accuracy": 0.5}, ("piqa", "ft-answer"): {"accuracy": 0.4}}
     assert any("piqa: our TinyLLM cell has one teacher" in line for line in paper_table.paper_beside_ours(one))
     assert not any("one teacher" in line for line in paper_table.paper_beside_ours({("obqa", "tinyllm"): {"accuracy": 0.5}}))
+
+
+def test_a_finished_cell_keeps_its_student_and_drops_its_resume_checkpoints(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(paper_table, "REPO", tmp_path)
+    cell = tmp_path / "runs" / "paper-epochs" / "obqa" / "ft-answer"
+    for d in ("checkpoints/step-000025", "student", "epochs/epoch-1", "e1/bf16/checkpoints/step-000025"):
+        (cell / d).mkdir(parents=True)
+        (cell / d / "model.safetensors").write_bytes(b"x" * 1000)
+    paper_table.prune_checkpoints(cell)
+    assert not (cell / "checkpoints").exists()
+    assert (cell / "student" / "model.safetensors").exists() and (cell / "epochs" / "epoch-1").exists()
+    assert (cell / "e1" / "bf16" / "checkpoints").exists()  # a cell nested under it is its own cell
+    assert "runs/paper-epochs/obqa/ft-answer: finished" in capsys.readouterr().out
+    paper_table.prune_checkpoints(cell)  # nothing left to remove: no error
