@@ -146,6 +146,9 @@ def main():
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return
+    unknown = set(args.impls.split(",")) - set(IMPLS)
+    if unknown:
+        ap.error(f"--impls: unknown {', '.join(sorted(unknown))}; choose from {', '.join(IMPLS)}")
     results = {}
     for impl in args.impls.split(","):
         cmd = [sys.executable, __file__, "--impl", impl] + [a for a in sys.argv[1:]]
@@ -159,6 +162,8 @@ def main():
     if {"tinyllm", "hf"} <= results.keys():
         speedup = results["tinyllm"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
         print(f"speed-up {speedup:.2f}x over hf")
+    if {"tinyllm-noshare", "hf"} <= results.keys():
+        print(f"without sharing: {results['tinyllm-noshare']['tokens_per_s'] / results['hf']['tokens_per_s']:.2f}x over hf")
     report = {"command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]), "precision": args.precision,
               "hardware": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
               "speedup": speedup, "results": results}
