@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from paper_table import (BIN, BUDGET, load_results, n_teachers, overrides as method_overrides, paired,  # noqa: E402
+from paper_table import (BIN, BUDGET, METHODS, load_results, n_teachers, overrides as method_overrides, paired,  # noqa: E402
                          prune_checkpoints, run_json, shown, write_section)
 
 RESULTS = REPO / "benchmarks" / "results" / "paper_epochs"
@@ -36,6 +36,9 @@ PICKS = ("em", "loglik")  # the headline first
 
 def command(cell: str) -> list[str]:
     dataset, method, *variants = cell.split("/")
+    if dataset not in BUDGET or method not in METHODS or method == "zero-shot":
+        raise SystemExit(f"unknown cell {cell!r}: write <dataset>/<method>[/<variant>...] with a dataset of "
+                         f"{', '.join(BUDGET)} and a method of {', '.join(m for m in METHODS if m != 'zero-shot')}")
     overrides, epochs, teachers = method_overrides(dataset, method), EPOCHS, n_teachers(dataset, method)
     for v in variants:
         if v.startswith("a"):

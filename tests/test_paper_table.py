@@ -110,6 +110,9 @@ def test_epoch_cells_select_on_validation_and_name_their_variants():
     assert not any("alpha" in c for c in paper_epochs.command("obqa/ft-answer"))
     with pytest.raises(SystemExit):
         paper_epochs.command("obqa/tinyllm/bogus")
+    for typo in ("obqa/obqa/tinyllm/e2", "obq/tinyllm", "obqa/zero-shot"):  # one sentence, not a KeyError
+        with pytest.raises(SystemExit, match="unknown cell .*dataset of obqa, .*method of lora-answer"):
+            paper_epochs.command(typo)
 
 
 def test_exact_match_column_and_pairs(tmp_path, monkeypatch):
