@@ -36,9 +36,10 @@ PICKS = ("em", "loglik")  # the headline first
 
 def command(cell: str) -> list[str]:
     dataset, method, *variants = cell.split("/")
-    if dataset not in BUDGET or method not in METHODS or method == "zero-shot":
+    trained = [m for m, o in METHODS.items() if o is not None]  # zero-shot has no epochs to score
+    if dataset not in BUDGET or method not in trained:
         raise SystemExit(f"unknown cell {cell!r}: write <dataset>/<method>[/<variant>...] with a dataset of "
-                         f"{', '.join(BUDGET)} and a method of {', '.join(m for m in METHODS if m != 'zero-shot')}")
+                         f"{', '.join(BUDGET)} and a method of {', '.join(trained)}")
     overrides, epochs, teachers = method_overrides(dataset, method), EPOCHS, n_teachers(dataset, method)
     for v in variants:
         if v.startswith("a"):
