@@ -38,7 +38,7 @@ def option_logprobs(model, tok, fmt: PromptFormat, ex: Example) -> list[tuple[fl
 
 @torch.inference_mode()
 def generate_answer(model, tok, fmt: PromptFormat, ex: Example, max_new_tokens: int = 32) -> str:
-    enc = tok(fmt.answer_prompt(ex), return_tensors="pt")
+    enc = tok(fmt.answer_prompt(ex), return_tensors="pt").to(next(model.parameters()).device)
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     new = out[0] if is_seq2seq(model) else out[0, enc["input_ids"].shape[1]:]
     return tok.decode(new, skip_special_tokens=True)

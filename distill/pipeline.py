@@ -54,12 +54,11 @@ def distill(cfg: Config, resume: bool = False, track: bool = True) -> dict:
     """`tinyllm-distill run`: rationales from every teacher, then the multi-task student, one MLflow run."""
     from distill.rationales import generate_rationales
     from distill.tracking import is_main_process, mlflow_run
-    from distill.train import train_student
+    from distill.train import on_cpu, train_student
 
-    import torch
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())  # joins the process group under torchrun
+    state = PartialState(cpu=on_cpu())  # joins the process group under torchrun
     out = Path(cfg.output_dir)
     if is_main_process():
         write_resolved(cfg, out)

@@ -6,6 +6,7 @@ batching.py, scoring in evaluation.py, checkpoints in checkpoints.py, per-epoch 
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -131,6 +132,19 @@ def train_student(cfg, train_examples: list[Example], rationales: dict[str, dict
 # Setup: the student (sharded or replicated), its samples, the optimizer, and where to start.
 
 
+def on_cpu() -> bool:
+    """Whether this process trains on CPU (no GPU visible). A launch of more processes on a node than it has
+    GPUs is named here as the user's mistake, before CUDA fails on a device ordinal that does not exist."""
+    if not torch.cuda.is_available():
+        return True
+    gpus, per_node = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if per_node > gpus:
+        raise UserError(f"{per_node} training processes were launched on this node but it has {gpus} GPU(s): launch at "
+                        f"most {gpus} per node (torchrun --nproc_per_node {gpus}), or train on CPU by hiding the GPUs "
+                        "(CUDA_VISIBLE_DEVICES=).")
+    return False
+
+
 def check_distributed(cfg, acc) -> None:
     tc = cfg.train
     sharded = tc.sharding == "fsdp"
@@ -153,7 +167,7 @@ def setup(cfg, train_examples, rationales, eval_examples, test_examples, run, re
     from accelerate import Accelerator
 
     tc = cfg.train
-    acc = Accelerator(cpu=not torch.cuda.is_available())  # process group, device and ranks from the launcher
+    acc = Accelerator(cpu=on_cpu())  # process group, device and ranks from the launcher
     check_distributed(cfg, acc)
     world, main, sharded = acc.num_processes, acc.is_main_process, tc.sharding == "fsdp"
     torch.manual_seed(tc.seed)

@@ -120,6 +120,31 @@ def test_exact_match_is_the_papers_strict_metric():
     assert not exact_match("the sun is hot", "the sun")
 
 
+def test_generation_gets_its_prompt_on_the_students_device(tiny_student):
+    """The prompt goes where the student's weights are (on a GPU, cuda): seen here with a student on 'meta'."""
+    from types import SimpleNamespace
+
+    import transformers
+
+    from distill.evaluation import generate_answer
+    from distill.student import PromptFormat
+
+    class OnMeta(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1, device="meta"))
+            self.config, self.seen = SimpleNamespace(is_encoder_decoder=False), []
+
+        def generate(self, input_ids, attention_mask, **kw):
+            self.seen.append({input_ids.device.type, attention_mask.device.type})
+            return torch.full((1, input_ids.shape[1] + 1), kw["pad_token_id"])
+
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_student)
+    model = OnMeta()
+    assert generate_answer(model, tok, PromptFormat(), load_dataset("demo").splits["test"][0]) == ""
+    assert model.seen == [{"meta"}]
+
+
 def test_evaluate_scores_generation_by_exact_match(tiny_student):
     import transformers
 

@@ -353,6 +353,9 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_student
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # the multi-process tests compare CPU (gloo) runs, also on a GPU host
+
+
 def torchrun(*args, cwd):
     import socket
 
@@ -361,9 +364,25 @@ def torchrun(*args, cwd):
         port = sock.getsockname()[1]
     r = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                         "--master_port", str(port), "--no-python", str(BIN / "tinyllm-distill"), *args],
-                       capture_output=True, text=True, cwd=cwd, timeout=600)
+                       capture_output=True, text=True, cwd=cwd, timeout=600, env={**os.environ, **CPU_ONLY})
     assert r.returncode == 0, r.stderr[-3000:]
     return r
+
+
+def test_more_processes_per_node_than_gpus_is_named(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU host: one sentence naming the fix, not a CUDA ordinal error."""
+    from distill.errors import UserError
+    from distill.train import on_cpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(UserError, match=r"2 training processes .* 1 GPU\(s\).*--nproc_per_node 1"):
+        on_cpu()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert on_cpu() is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert on_cpu() is True
 
 
 @pytest.mark.parametrize("sharding", ["none", "fsdp"])
@@ -372,7 +391,7 @@ def test_two_processes_log_one_run_and_match_one_process(tmp_path, tiny_student,
     import mlflow
 
     cfg = write_run_config(tmp_path, tiny_student, max_steps=4, micro_batch_tokens=512, save_every=2)
-    run_cli("run", str(cfg), "output_dir=" + str(tmp_path / "single"), "--no-mlflow", cwd=tmp_path)
+    run_cli("run", str(cfg), "output_dir=" + str(tmp_path / "single"), "--no-mlflow", cwd=tmp_path, env=CPU_ONLY)
     r = torchrun("run", str(cfg), f"train.sharding={sharding}", cwd=tmp_path)
     assert "2 process(es)" in r.stderr
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
