@@ -13,6 +13,13 @@ also packs each question's tasks into one row so their shared prompt tokens are 
 prompts (`--task-position`, default `after`, the trainer's default for decoder-only students).
 Each implementation runs in its own process, so peak resident memory (ru_maxrss) is its own.
 Throughput = non-padding tokens of the steps / wall seconds of the steps (model loading excluded).
+
+On a GPU (`--device cuda`) the clock starts after `--warmup-steps` steps (CUDA context, kernel and
+allocator warm-up) and stops after a device synchronisation; both implementations then run in the
+precision asked for (the hf baseline through `TrainingArguments(bf16=True)`; on CPU it stays fp32).
+`--random-init` draws the weights at random from the student folder's config.json: the same
+architecture and arithmetic as the pretrained student, for hosts that cannot hold its weights (the
+losses are then those of an untrained model and say nothing about quality).
 """
 from __future__ import annotations
 
@@ -45,7 +52,17 @@ def setup(args):
     paper = load_paper_rationales(ds.path, "train", ds.split("train"))
     rationales = {t: {r.example_id: r.text for r in recs} for t, recs in paper.records.items()}
     torch.manual_seed(0)
-    model, tok, _ = load_student(StudentConfig(model="smollm2-135m-instruct"))
+    if args.random_init:
+        import transformers
+
+        tok = transformers.AutoTokenizer.from_pretrained(args.student)
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(args.student),
+                                                              dtype=torch.float32)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    else:
+        model, tok, _ = load_student(StudentConfig(model=args.student))
+    model.to(args.device)
     per_q = build_samples(train, rationales, tok, PromptFormat(task_position=args.task_position), False, args.max_length)
     return model, tok, per_q
 
@@ -65,16 +82,25 @@ def run_tinyllm(args) -> dict:
     alphas = {"answer": 1.0, "flan-t5-xl": 1.0, "llama-2-7b": 1.0}
     tokens, losses = 0, []
     start = time.perf_counter()
-    for step in steps_of(per_q, args.batch_size):
+    for i, step in enumerate(steps_of(per_q, args.batch_size)):
+        if i == args.warmup_steps:
+            sync(args)
+            tokens, start = 0, time.perf_counter()
         samples = [s for q in step for s in q]
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):  # as train.precision
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16"):  # as train.precision
             terms = step_loss_terms(model, samples, tok.pad_token_id, alphas, args.micro_batch_tokens,
                                     backward=lambda loss: loss.backward(), share_prompt=args.impl == "tinyllm")
         opt.step()
         tokens += sum(len(s.input_ids) for s in samples)
         losses.append(sum(terms.values()))
+    sync(args)
     return {"seconds": time.perf_counter() - start, "tokens": tokens, "losses": losses}
+
+
+def sync(args):
+    if args.device == "cuda":
+        torch.cuda.synchronize()
 
 
 def run_hf(args) -> dict:
@@ -97,6 +123,7 @@ def run_hf(args) -> dict:
         return out
 
     losses, timing = [], {}
+    timed = rows[args.warmup_steps * args.batch_size:]
 
     class MultiTask(transformers.Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -107,20 +134,28 @@ def run_hf(args) -> dict:
 
     class Clock(transformers.TrainerCallback):
         def on_train_begin(self, *a, **k):
-            timing["start"] = time.perf_counter()
+            if not args.warmup_steps:
+                timing["start"] = time.perf_counter()
+
+        def on_step_end(self, targs, state, *a, **k):
+            if state.global_step == args.warmup_steps:
+                sync(args)
+                timing["start"] = time.perf_counter()
 
         def on_train_end(self, *a, **k):
+            sync(args)
             timing["end"] = time.perf_counter()
 
     targs = transformers.TrainingArguments(output_dir=str(args.tmp / "hf"), per_device_train_batch_size=args.batch_size,
                                            learning_rate=args.lr, lr_scheduler_type="constant", num_train_epochs=1,
-                                           report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True,
+                                           report_to="none", save_strategy="no", logging_strategy="no",
+                                           use_cpu=args.device == "cpu", bf16=args.device == "cuda" and args.precision == "bf16",
                                            remove_unused_columns=False, dataloader_drop_last=False, seed=0,
                                            weight_decay=0.0, max_grad_norm=0.0, warmup_steps=0)
     trainer = MultiTask(model=model, args=targs, train_dataset=rows, data_collator=collate, callbacks=[Clock()])
     trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(rows)  # same order as ours
     trainer.train()
-    tokens = sum(len(r[t].input_ids) for r in rows for t in tasks)
+    tokens = sum(len(r[t].input_ids) for r in timed for t in tasks)
     return {"seconds": timing["end"] - timing["start"], "tokens": tokens, "losses": losses}
 
 
@@ -129,7 +164,13 @@ def main():
     ap.add_argument("--impl", choices=IMPLS)
     ap.add_argument("--impls", default=",".join(IMPLS), help="comma-separated implementations to compare")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                    help="autocast of TinyLLM's forward/backward, as train.precision (the hf baseline stays fp32)")
+                    help="autocast of TinyLLM's forward/backward, as train.precision (the hf baseline: fp32 on cpu, "
+                         "the same precision on cuda)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--warmup-steps", type=int, default=0, help="steps run before the clock starts")
+    ap.add_argument("--student", default="smollm2-135m-instruct", help="packaged name, .gguf file or model folder")
+    ap.add_argument("--random-init", action="store_true",
+                    help="random weights from the --student folder's config.json (throughput only)")
     ap.add_argument("--task-position", choices=["before", "after"], default="after")
     ap.add_argument("--questions", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -140,10 +181,15 @@ def main():
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_throughput.json"))
     args = ap.parse_args()
     args.tmp = Path("/tmp/tinyllm-bench")
+    if args.random_init and not (Path(args.student) / "config.json").exists():
+        ap.error(f"--random-init needs --student to be a model folder with config.json and the tokenizer; "
+                 f"{args.student} is not one (benchmarks/results/README.md shows how to write one for SmolLM2-135M)")
     torch.set_num_threads(os.cpu_count())
     if args.impl:
         res = run_hf(args) if args.impl == "hf" else run_tinyllm(args)
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if args.device == "cuda":
+            res["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         print(json.dumps(res))
         return
     unknown = set(args.impls.split(",")) - set(IMPLS)
@@ -156,7 +202,8 @@ def main():
         r = json.loads(out)
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
         results[impl] = r
-        print(f"{impl:16s} {r['tokens_per_s']:7.1f} tok/s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
+        gpu = f"  peak GPU {r['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in r else ""
+        print(f"{impl:16s} {r['tokens_per_s']:7.1f} tok/s  peak RSS {r['peak_rss_mb']:6.0f} MB{gpu}  "
               f"losses {', '.join(f'{x:.3f}' for x in r['losses'])}", flush=True)
     speedup = None
     if {"tinyllm", "hf"} <= results.keys():
@@ -164,8 +211,13 @@ def main():
         print(f"speed-up {speedup:.2f}x over hf")
     if {"tinyllm-noshare", "hf"} <= results.keys():
         print(f"without sharing: {results['tinyllm-noshare']['tokens_per_s'] / results['hf']['tokens_per_s']:.2f}x over hf")
+    hardware = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if args.device == "cuda":
+        hardware += f", {torch.cuda.get_device_name()}"
     report = {"command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]), "precision": args.precision,
-              "hardware": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+              "device": args.device, "warmup_steps": args.warmup_steps,
+              "weights": "random init from config.json" if args.random_init else "pretrained",
+              "hardware": hardware,
               "speedup": speedup, "results": results}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
