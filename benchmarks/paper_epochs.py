@@ -182,14 +182,15 @@ def seeds(res: dict[str, dict]) -> list[str]:
         sd = (sum((x - mean) ** 2 for x in ems) / (len(ems) - 1)) ** 0.5
         ft = groups.get((dataset, "ft-answer", setting, ()), {}) if method != "ft-answer" else {}
         common = sorted(set(by_seed) & set(ft))
+        def pooled(epoch_of) -> str:
+            """Every question of every common seed one pair, each cell scored at the epoch epoch_of picks."""
+            a = "".join(epoch_of(res[by_seed[s]])["test_correct"]["em"] for s in common)
+            b = "".join(epoch_of(res[ft[s]])["test_correct"]["em"] for s in common)
+            return paired_text(a, b)
         vs = last = "—"
         if len(common) >= 2:
-            a = "".join(selected(res[by_seed[s]], "em")["test_correct"]["em"] for s in common)
-            b = "".join(selected(res[ft[s]], "em")["test_correct"]["em"] for s in common)
-            vs = f"{paired_text(a, b)} (seeds {', '.join(map(str, common))})"
-            a = "".join(res[by_seed[s]]["epochs"][-1]["test_correct"]["em"] for s in common)
-            b = "".join(res[ft[s]]["epochs"][-1]["test_correct"]["em"] for s in common)
-            last = paired_text(a, b)
+            vs = f"{pooled(lambda r: selected(r, 'em'))} (seeds {', '.join(map(str, common))})"
+            last = pooled(lambda r: r["epochs"][-1])
         name = "/".join([dataset, method, *recipe, *setting])
         lines.append(f"| {name} | {', '.join(map(str, sorted(by_seed)))} | {', '.join(f'{x:.1f}' for x in ems)} "
                      f"| {mean:.1f} | {sd:.1f} | {vs} | {last} |")
