@@ -281,18 +281,35 @@ def paper_beside_ours(res: dict) -> list[str]:
         if not any(ours.values()):
             lines.append(f"| {ds} | ours, 135M SmolLM2 | — | — | — | — | not run yet | — | — |")
             continue
-        cell = {m: f"{100 * r['accuracy']:.1f}" if r else "—" for m, r in ours.items()}
-        gain = "—"
-        if ours["ft-answer"] and ours["tinyllm"]:
-            ft, tl = ours["ft-answer"]["accuracy"], ours["tinyllm"]["accuracy"]
-            gain = f"{100 * (tl - ft):+.1f} ({100 * (tl - ft) / ft:+.1f}% rel.)"
-        lines.append(f"| {ds} | ours, 135M SmolLM2, 1 epoch, loglik | {cell['zero-shot']} | {cell['lora-answer']} | "
-                     f"{cell['ft-answer']} | {cell['tinyllm']} | {gain} | not measured | not measured |")
+        for key, label in (("accuracy", "loglik"), ("accuracy_em", "exact match (the paper's metric)")):
+            if key != "accuracy" and not any(r and r.get(key) is not None for r in ours.values()):
+                continue
+            acc = {m: r.get(key) if r else None for m, r in ours.items()}
+            cell = {m: "—" if a is None else f"{100 * a:.1f}" for m, a in acc.items()}
+            gain = "—"
+            if acc["ft-answer"] is not None and acc["tinyllm"] is not None:
+                ft, tl = acc["ft-answer"], acc["tinyllm"]
+                gain = f"{100 * (tl - ft):+.1f}" + (f" ({100 * (tl - ft) / ft:+.1f}% rel.)" if ft else "")
+            lines.append(f"| {ds} | ours, 135M SmolLM2, 1 epoch, {label} | {cell['zero-shot']} | {cell['lora-answer']} | "
+                         f"{cell['ft-answer']} | {cell['tinyllm']} | {gain} | not measured | not measured |")
     for ds, why in ONE_TEACHER.items():
         if res.get((ds, "tinyllm")):
             lines += ["", f"{ds}: our TinyLLM cell has one teacher, FLAN-T5-xl ({why}), so its recipe is "
                       "step-by-step's; the paper's TinyLLM row for it had both teachers."]
     return lines
+
+
+def pooled(res: dict, datasets: list[str], comparisons, key: str) -> list[str]:
+    """The table's question over every test question of the datasets that have both cells scored by `key`
+    ("correct": option log-likelihood, "correct_em": exact match), one row per comparison."""
+    rows = []
+    for a, b in comparisons:
+        both = [ds for ds in datasets if all((res.get((ds, m)) or {}).get(key) for m in (a, b))]
+        if len(both) > 1:
+            diff, lo, hi, p = paired("".join(res[(ds, a)][key] for ds in both), "".join(res[(ds, b)][key] for ds in both))
+            rows.append(f"| pooled: {' + '.join(both)} | {a} − {b} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+                        f"| {p:.3f} |")
+    return rows
 
 
 def table() -> str:
@@ -310,7 +327,8 @@ def table() -> str:
             cells.append(f"{100 * r['accuracy']:.1f} [{100 * r['ci95'][0]:.1f}–{100 * r['ci95'][1]:.1f}]" if r else "—")
         lines.append(f"| {ds} ({n}, {BUDGET[ds] or 'full'}) | " + " | ".join(cells) + " |")
     lines += ["", "The paper's numbers beside ours (accuracy %, same test splits; the paper's metric is exact match of "
-              "generated text after ~130 epochs, ours option log-likelihood after one — see the protocol list above):",
+              "generated text after ~130 epochs; ours after one epoch, by option log-likelihood and, where re-scored, by the "
+              "paper's exact match — see the protocol list above):",
               ""] + paper_beside_ours(res)
     lines += ["", "Paired differences on the same test questions (points; 95% CI; exact McNemar p):", "",
               "| dataset | comparison | difference | 95% CI | p |", "|---|---|---|---|---|"]
@@ -323,13 +341,7 @@ def table() -> str:
             if ra and rb and ra.get("correct") and rb.get("correct"):
                 diff, lo, hi, p = paired(ra["correct"], rb["correct"])
                 lines.append(f"| {ds} | {a} − {b} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |")
-    for a, b in comparisons[:2]:  # the table's question, over every test question of the datasets that have both cells
-        both = [ds for ds in datasets if all((res.get((ds, m)) or {}).get("correct") for m in (a, b))]
-        if len(both) > 1:
-            diff, lo, hi, p = paired("".join(res[(ds, a)]["correct"] for ds in both),
-                                     "".join(res[(ds, b)]["correct"] for ds in both))
-            lines.append(f"| pooled: {' + '.join(both)} | {a} − {b} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] "
-                         f"| {p:.3f} |")
+    lines += pooled(res, datasets, comparisons[:2], "correct")
     em_cells = {k: r for k, r in res.items() if r.get("accuracy_em") is not None}
     lines += ["", "The paper's metric — exact match of the greedy generated answer to the gold option's text — for the "
               "same cells (— = not re-scored yet: `paper_table.py --em`):", "",
@@ -346,6 +358,7 @@ def table() -> str:
                 em_pairs.append(f"| {ds} | {a} − {b} | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |")
     if em_pairs:
         lines += ["", "| dataset | exact match: comparison | difference | 95% CI | p |", "|---|---|---|---|---|"] + em_pairs
+        lines += pooled(res, datasets, comparisons[:2], "correct_em")
     summed = [(k, r) for k, r in sorted(res.items()) if r.get("accuracy_sum") is not None]
     if summed:
         lines += ["", "The same runs scored by summed option log-probability (no length normalisation; recorded "

@@ -78,12 +78,16 @@ def test_table_pools_the_question_over_datasets(monkeypatch):
 def test_the_papers_rows_stand_beside_ours():
     cell = {"dataset": "obqa", "n_test": 4, "accuracy": 0.5, "correct": "1100", "ci95": [0.0, 1.0], "wall_s": 1,
             "command": "c"}
-    lines = paper_table.paper_beside_ours({("obqa", "ft-answer"): {**cell, "method": "ft-answer"},
-                                           ("obqa", "tinyllm"): {**cell, "method": "tinyllm", "accuracy": 0.75}})
+    lines = paper_table.paper_beside_ours({("obqa", "ft-answer"): {**cell, "method": "ft-answer", "accuracy_em": 0.25},
+                                           ("obqa", "tinyllm"): {**cell, "method": "tinyllm", "accuracy": 0.75},
+                                           ("arc", "ft-answer"): {**cell, "dataset": "arc", "method": "ft-answer"}})
     text = "\n".join(lines)
     # 47.60 vs 41.60: +6.0 points, +14.4% relative; its teachers 69.2 and 58.6
     assert "| obqa | paper, 80M FLAN-T5-small | 16.6 | 37.8 | 41.6 | 47.6 | +6.0 (+14.4% rel.) | 69.2 | 58.6 |" in text
-    assert "| 50.0 | 75.0 | +25.0 (+50.0% rel.) |" in text
+    assert "| obqa | ours, 135M SmolLM2, 1 epoch, loglik | — | — | 50.0 | 75.0 | +25.0 (+50.0% rel.) |" in text
+    # the paper's metric gets its own row where any cell has it; TinyLLM's EM is not re-scored yet: no gain
+    assert "| obqa | ours, 135M SmolLM2, 1 epoch, exact match (the paper's metric) | — | — | 25.0 | — | — |" in text
+    assert "| arc | ours, 135M SmolLM2, 1 epoch, loglik |" in text and "arc | ours, 135M SmolLM2, 1 epoch, exact" not in text
     assert "| bioasq | ours, 135M SmolLM2 | — | — | — | — | not run yet |" in text
 
 
@@ -123,12 +127,21 @@ def test_exact_match_column_and_pairs(tmp_path, monkeypatch):
                                    "correct": correct, "ci95": [0.0, 1.0], "wall_s": 60, "command": "cmd",
                                    "accuracy_em": em.count("1") / 4, "correct_em": em}
     res = {("obqa", "tinyllm"): cell("tinyllm", "1101", "1111"), ("obqa", "ft-answer"): cell("ft-answer", "1001", "0001"),
-           ("obqa", "zero-shot"): {**cell("zero-shot", "0001", "0000"), "accuracy_em": None}}
+           ("obqa", "zero-shot"): {**cell("zero-shot", "0001", "0000"), "accuracy_em": None},
+           ("arc", "tinyllm"): {**cell("tinyllm", "0110", "0100"), "dataset": "arc"},
+           ("arc", "ft-answer"): {**cell("ft-answer", "0011", "0110"), "dataset": "arc"},
+           ("piqa", "tinyllm"): {**cell("tinyllm", "0110", "1111"), "dataset": "piqa"},
+           ("piqa", "ft-answer"): {**cell("ft-answer", "0011", ""), "dataset": "piqa", "accuracy_em": None}}
     monkeypatch.setattr(paper_table, "load_results", lambda: res)
     text = paper_table.table()
     assert "| obqa | — | — | 25.0 | — | 100.0 |" in text  # zero-shot not re-scored yet
     diff, lo, hi, p = paired("1111", "0001")
     assert f"| obqa | tinyllm − ft-answer | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |" in text
+    # pooled by exact match over the datasets whose both cells have it (piqa's fine-tuning has none: left out),
+    # beside the log-likelihood pool over all three
+    diff, lo, hi, p = paired("1111" + "0100", "0001" + "0110")
+    assert f"| pooled: obqa + arc | tinyllm − ft-answer | {100 * diff:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {p:.3f} |" in text
+    assert "| pooled: obqa + arc + piqa | tinyllm − ft-answer |" in text
     assert "train.eval_method=both" in paper_table.command("obqa", "tinyllm")
 
 
