@@ -344,7 +344,7 @@ def table() -> str:
     lines += pooled(res, datasets, comparisons[:2], "correct")
     em_cells = {k: r for k, r in res.items() if r.get("accuracy_em") is not None}
     lines += ["", "The paper's metric — exact match of the greedy generated answer to the gold option's text — for the "
-              "same cells (— = not re-scored yet: `paper_table.py --em`):", "",
+              "same cells (— = no such cell, or not re-scored yet: `paper_table.py --em`):", "",
               "| dataset | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
     for ds in datasets:
         lines.append(f"| {ds} | " + " | ".join(f"{100 * em_cells[(ds, m)]['accuracy_em']:.1f}" if (ds, m) in em_cells
