@@ -117,6 +117,15 @@ def parts(cell: str) -> tuple[str, str, int, tuple, tuple]:
     return dataset, method, seed, setting, recipe
 
 
+def comparisons(finished: list[str]) -> list[tuple[str, str]]:
+    """(a, b) pairs whose paired test difference a − b the table shows: every trained method against
+    fine-tuning, and two teachers (TinyLLM) against one (step-by-step), each within one dataset, seed and
+    training setting."""
+    against = {"ft-answer": {"lora-answer", "step-by-step", "tinyllm"}, "step-by-step": {"tinyllm"}}
+    return [(a, b) for a in finished for b in finished
+            if a.split("/")[1] in against.get(b.split("/")[1], ()) and baseline_key(a) == baseline_key(b)]
+
+
 def recipe_label(recipe: tuple) -> str:
     alpha = next((v[1:] for v in recipe if v.startswith("a")), "1")
     return f"α {alpha}" + (", LLaMA-2 rationales the filter rejects dropped" if "filtered" in recipe else ", all rationales")
@@ -256,8 +265,7 @@ def table() -> str:
                      f"| **{100 * em['test']['accuracy_em']:.1f}** | {ll['epoch']:g} | {100 * ll['test']['accuracy_loglik']:.1f} "
                      f"| {100 * last['test']['accuracy_em']:.1f} | {wall} |")
     finished = [c for c, r in res.items() if not r.get("running")]  # a running cell's choice can still change
-    pairs = [(a, b) for a in finished for b in finished if b.split("/")[1] == "ft-answer" != a.split("/")[1]
-             and baseline_key(a) == baseline_key(b)]
+    pairs = comparisons(finished)
     if pairs:
         lines += ["", "Paired differences on the test split at each cell's validation-chosen epoch (points; 95% CI; "
                   "exact McNemar p):", "", "| comparison | metric | difference | 95% CI | p |", "|---|---|---|---|---|"]

@@ -154,6 +154,12 @@ def test_epoch_cells_pair_with_the_fine_tuning_cell_of_the_same_seed_and_setting
     # precision is part of the training setting: a bf16 cell pairs only with bf16 fine-tuning
     assert key("obqa/tinyllm/a2/e2/bf16") == key("obqa/ft-answer/e2/bf16") != key("obqa/ft-answer/e2")
     assert paper_epochs.parts("obqa/tinyllm/a2/e2/bf16")[4] == ("a2",)
+    # two teachers are also set against one (step-by-step), never the other way round or across settings
+    cells = ["rs/ft-answer/bf16", "rs/step-by-step/bf16", "rs/tinyllm/bf16", "rs/tinyllm", "rs/step-by-step"]
+    assert paper_epochs.comparisons(cells) == [("rs/step-by-step/bf16", "rs/ft-answer/bf16"),
+                                               ("rs/tinyllm/bf16", "rs/ft-answer/bf16"),
+                                               ("rs/tinyllm/bf16", "rs/step-by-step/bf16"),
+                                               ("rs/tinyllm", "rs/step-by-step")]
 
 
 def _epoch_cell(valid_em: list[float], test_correct: list[str]) -> dict:
