@@ -121,9 +121,10 @@ def comparisons(finished: list[str]) -> list[tuple[str, str]]:
     """(a, b) pairs whose paired test difference a − b the table shows: every trained method against
     fine-tuning, and two teachers (TinyLLM) against one (step-by-step), each within one dataset, seed and
     training setting."""
-    against = {"ft-answer": {"lora-answer", "step-by-step", "tinyllm"}, "step-by-step": {"tinyllm"}}
+    trained = {m for m, o in METHODS.items() if o is not None}
+    against = {"ft-answer": trained - {"ft-answer"}, "step-by-step": {"tinyllm"}}
     return [(a, b) for a in finished for b in finished
-            if a.split("/")[1] in against.get(b.split("/")[1], ()) and baseline_key(a) == baseline_key(b)]
+            if parts(a)[1] in against.get(parts(b)[1], ()) and baseline_key(a) == baseline_key(b)]
 
 
 def recipe_label(recipe: tuple) -> str:
