@@ -193,15 +193,9 @@ def bench(cfg: Config, student: Path | None, out: Path, track: bool = True) -> d
 
 
 def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}; {os.cpu_count()} logical cores; {platform.system()} {platform.release()}"
+    from distill.llama_runtime import cpu_model
+
+    return f"{cpu_model()}; {os.cpu_count()} logical cores; {platform.system()} {platform.release()}"
 
 
 def bench_tags(dataset: str, student: Path | None) -> dict:

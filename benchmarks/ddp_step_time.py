@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import socket
 import statistics
@@ -26,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from distill.llama_runtime import cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -58,7 +59,7 @@ def main():
     result = {"label": args.label, "code": args.code, "steps": args.steps, "processes": 2,
               "median_tokens_per_s_steps_2_to_n": statistics.median(per_step), "tokens_per_s_per_step": per_step,
               "wall_s": round(wall, 1), "command": " ".join(cmd[:1] + ["--nproc_per_node", "2", "..."] + cmd[9:]),
-              "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+              "hardware": f"{cpu_model()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(result, indent=2))
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.exists() else {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from distill.llama_runtime import cpu_model  # noqa: E402
 
 
 def main():
@@ -41,7 +41,7 @@ def main():
     f16 = work / "gemma-f16.gguf"
     write_f16(folder, f16)
     result = {"model": f"packaged gemma3-270m ({identity}), weights dequantized from the shipped Q4_K_M",
-              "prompts": len(prompts), "hardware": platform.machine(), "date": time.strftime("%Y-%m-%d"), "forms": {}}
+              "prompts": len(prompts), "hardware": cpu_model(), "date": time.strftime("%Y-%m-%d"), "forms": {}}
     for quant in ("f16", "q8_0", "q4_k_m"):
         path = f16 if quant == "f16" else work / f"gemma-{quant}.gguf"
         if quant != "f16":

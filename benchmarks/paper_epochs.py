@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+from distill.llama_runtime import cpu_model  # noqa: E402
 from paper_table import (BIN, BUDGET, METHODS, load_results, n_teachers, overrides as method_overrides, paired,  # noqa: E402
                          prune_checkpoints, run_json, shown, write_section)
 
@@ -83,7 +83,7 @@ def run_cell(cell: str) -> dict:
     records = json.loads((folder / "epochs.json").read_text())["epochs"]
     result = {"cell": cell, "command": printable, "epochs": records, "run_id": summary.get("run_id"),
               "wall_s": round(time.time() - start), **({"resumed_from": resumed_from} if resumed_from else {}),
-              "hardware": f"{platform.machine()}, {os.cpu_count()} cores"}
+              "hardware": f"{cpu_model()}, {os.cpu_count()} cores"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     prune_checkpoints(folder)

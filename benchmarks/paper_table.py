@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from distill.llama_runtime import cpu_model  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results" / "paper"
 BIN = Path(sys.executable).parent
 
@@ -126,7 +126,7 @@ def run_cell(dataset: str, method: str) -> dict:
                  if "accuracy_em" in summary else {}),
               "ci95": wilson(round(acc * n), n), "wall_s": round(time.time() - start),
               **({"resumed_from": resumed_from} if resumed_from else {}), "run_id": summary.get("run_id"),
-              "budget": BUDGET[dataset] or "full", "hardware": f"{platform.machine()}, {os.cpu_count()} cores"}
+              "budget": BUDGET[dataset] or "full", "hardware": f"{cpu_model()}, {os.cpu_count()} cores"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     prune_checkpoints(folder)

@@ -23,9 +23,11 @@ from pathlib import Path
 
 from distill.config import TeacherConfig
 from distill.data import load_dataset
+from distill.llama_runtime import cpu_model
 from distill.models import resolve_gguf
 from distill.prompts import DemoPicker, teacher_prompt
 from distill.teachers import LlamaCppTeacher, OpenAITeacher, TransformersTeacher
+
 
 
 def measure(teacher, prompts) -> dict:
@@ -85,7 +87,7 @@ def main():
         os.killpg(proc.pid, signal.SIGTERM)
 
     report = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-              "hardware": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+              "hardware": f"{cpu_model()}, {os.cpu_count()} cores, {platform.platform()}",
               "threads": args.threads, "results": results}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     width = max(map(len, results))

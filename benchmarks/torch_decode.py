@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from distill.llama_runtime import cpu_model  # noqa: E402
 
 
 def main():
@@ -62,7 +62,7 @@ def main():
               "new_tokens": 32, "runner_decode_tok_s_median": round(statistics.median(ours), 2),
               "generate_decode_tok_s_median": round(statistics.median(theirs), 2),
               "ratio": round(statistics.median(ours) / statistics.median(theirs), 3),
-              "hardware": f"{platform.machine()}", "date": time.strftime("%Y-%m-%d")}
+              "hardware": cpu_model(), "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(result, indent=2))
 
 

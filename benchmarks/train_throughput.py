@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 IMPLS = ["tinyllm", "tinyllm-noshare", "hf"]
 sys.path.insert(0, str(REPO))
+from distill.llama_runtime import cpu_model  # noqa: E402
 
 
 def setup(args):
@@ -211,7 +211,7 @@ def main():
         print(f"speed-up {speedup:.2f}x over hf")
     if {"tinyllm-noshare", "hf"} <= results.keys():
         print(f"without sharing: {results['tinyllm-noshare']['tokens_per_s'] / results['hf']['tokens_per_s']:.2f}x over hf")
-    hardware = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    hardware = f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     if args.device == "cuda":
         hardware += f", {torch.cuda.get_device_name()}"
     report = {"command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]), "precision": args.precision,

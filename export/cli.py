@@ -23,8 +23,10 @@ examples:
 @click.argument("source", required=False)
 @click.argument("overrides", nargs=-1)
 @click.option("--format", "fmt", type=click.Choice(["onnx", "gguf"]), required=True, help="Target runtime format.")
-@click.option("--quant", help="gguf: f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, or auto (the smallest within --max-drop of "
+@click.option("--quant", help="gguf: f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_1, q4_0, or auto (the smallest within --max-drop of "
               "torch's accuracy on the validation split); onnx: none or int8 (weight-only).")
+@click.option("--imatrix", help="gguf below 8 bits: auto (default: an importance matrix from the student's own "
+              "training questions, saved as imatrix.dat), none, or a llama-imatrix file (export.imatrix).")
 @click.option("--max-drop", type=float, help="--quant auto: exact-match points a GGUF may lose against torch "
               "(export.max_accuracy_drop, default 1).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (self-contained: model, tokenizer, "
@@ -38,7 +40,7 @@ examples:
 @click.option("--verbose", is_flag=True, help="Show the converters' own output (optimum's tracer warnings, llama.cpp's "
               "per-tensor lines) instead of writing it to <out>/export.log.")
 @user_errors
-def main(source, overrides, fmt, quant, max_drop, out, run_id, config, dry_run, no_mlflow, overwrite, verbose):
+def main(source, overrides, fmt, quant, imatrix, max_drop, out, run_id, config, dry_run, no_mlflow, overwrite, verbose):
     """Turn a trained student (SOURCE: a local folder, runs:/… or models:/name/version) into ONNX or GGUF.
 
     Every export is checked against the torch model on real prompts; a parity failure exits
@@ -55,6 +57,8 @@ def main(source, overrides, fmt, quant, max_drop, out, run_id, config, dry_run, 
     quant = check_quant(fmt, quant)  # before anything is read or downloaded
     if max_drop is not None:
         overrides = (*overrides, f"export.max_accuracy_drop={max_drop}")
+    if imatrix is not None:
+        overrides = (*overrides, f"export.imatrix={imatrix}")
     cfg = load_config(config, overrides)
     # Default: beside the student, where tinyllm-bench looks for its exported forms.
     student = Path(source) if source and Path(source).is_dir() else layout.student_dir(cfg.output_dir)

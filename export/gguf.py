@@ -18,7 +18,7 @@ from distill.models import PRE_TOKENIZERS
 from distill.progress import captured
 
 QUANTS = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q6_k": "MOSTLY_Q6_K", "q5_k_m": "MOSTLY_Q5_K_M",
-          "q4_k_m": "MOSTLY_Q4_K_M", "q4_0": "MOSTLY_Q4_0"}
+          "q4_k_m": "MOSTLY_Q4_K_M", "q4_1": "MOSTLY_Q4_1", "q4_0": "MOSTLY_Q4_0"}
 SUPPORTED = {"LlamaForCausalLM": "LLAMA", "Qwen2ForCausalLM": "QWEN2", "Gemma3ForCausalLM": "GEMMA3"}
 
 
@@ -43,6 +43,34 @@ def chat_template(student: Path) -> str:
     head, tail = (json.dumps(x) for x in fmt.wrap(fmt.answer_prefix, "Answer:"))
     return ("{{ " + head + " }}{% for message in messages %}{% if message['role'] == 'user' %}"
             "{{ message['content'] }}{% endif %}{% endfor %}{{ " + tail + " }}")
+
+
+OLLAMA_NUM_CTX = 2048  # the context every TinyLLM llama.cpp path answers in (bench, --quant auto)
+
+
+def modelfile(student: Path, gguf_name: str) -> str:
+    """An Ollama Modelfile that asks the student its way: TEMPLATE = the stored prompt format around the
+    user's message (the question block), greedy, one line, as bench scores it."""
+    from distill.student import PromptFormat
+
+    fmt = PromptFormat.load(student)
+    head, tail = fmt.wrap(fmt.answer_prefix, "Answer:")
+    for part in (head, tail):
+        if '"""' in part:
+            raise UserError(f"{student}/{layout.PROMPT_FORMAT}: the prompt format contains \"\"\"\", which an Ollama "
+                            "Modelfile cannot quote; change the task prefix.")
+    return "\n".join([
+        "# Ollama: ollama create tinyllm-student -f Modelfile && ollama run tinyllm-student",
+        "# The user message is the question block (Q: …\\nAnswer Choices:\\n(a) …); the template adds the task",
+        "# prefix and the answer cue; the student replies with the text of the option it picks, on one line.",
+        f"FROM ./{gguf_name}",
+        f'TEMPLATE """{head}{{{{ .Prompt }}}}{tail}"""',
+        'PARAMETER stop "\\n"',
+        "PARAMETER temperature 0",
+        "PARAMETER repeat_penalty 1",  # Ollama's default 1.1 changes greedy answers; the student was scored without
+        f"PARAMETER num_ctx {OLLAMA_NUM_CTX}",
+        "PARAMETER num_predict 32",
+        ""])
 
 
 def _pre_tokenizer(student: Path, tok_cfg: dict, hf_cfg: dict) -> str:
@@ -93,6 +121,45 @@ def _add_spm_vocab(w, tokens: list[str], types: list, merges: list[str], tok_jso
     w.add_add_space_prefix(False)
 
 
+def _steps(node) -> list[str]:
+    """The step types of a tokenizer.json pre-tokenizer, normalizer or decoder, Sequences flattened."""
+    if not isinstance(node, dict):
+        return []
+    inner = node.get("pretokenizers") or node.get("normalizers") or node.get("decoders")
+    if node.get("type") == "Sequence" and isinstance(inner, list):
+        return [t for n in inner for t in _steps(n)]
+    return [node.get("type")]
+
+
+def tokenizer_kind(student: Path, tok_json: dict) -> str:
+    """Which llama.cpp tokenizer model the student's tokenizer is: "gpt2" (byte-level BPE: SmolLM2, Qwen2)
+    or "llama" (SentencePiece-style BPE over "▁" with `<0xXX>` byte pieces: Gemma). Told apart by the
+    pre-tokenizer and decoder: a byte-level tokenizer may carry `byte_fallback: true` as well (transformers'
+    own GGUF loading of SmolLM2 writes one), and taking it for SentencePiece writes a vocabulary without
+    the byte tokens that llama.cpp then looks up and aborts on."""
+    model = tok_json.get("model") or {}
+    if model.get("type") != "BPE":
+        raise UserError(f"{student}/tokenizer.json: GGUF export needs a BPE tokenizer (byte-level, or SentencePiece-"
+                        f"style with byte fallback); this one is {model.get('type')}.")
+    pre, dec, norm = (_steps(tok_json.get(k)) for k in ("pre_tokenizer", "decoder", "normalizer"))
+    if "ByteLevel" in pre or "ByteLevel" in dec:
+        return "gpt2"
+    spm_signs = "Metaspace" in pre + dec or "Replace" in norm + dec or "ByteFallback" in dec
+    if model.get("byte_fallback") and spm_signs:
+        vocab = model.get("vocab") or {}
+        missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in vocab]
+        if missing:
+            raise UserError(f"{student}/tokenizer.json: a SentencePiece-style tokenizer with byte fallback needs the 256 "
+                            f"byte pieces <0x00>..<0xFF> in its vocabulary, and {len(missing)} are missing (first "
+                            f"{missing[0]}); llama.cpp would abort on the first byte it cannot find. Add them, or "
+                            "save the tokenizer as byte-level BPE.")
+        return "llama"
+    raise UserError(f"{student}/tokenizer.json: cannot tell whether this BPE tokenizer is byte-level (a ByteLevel "
+                    f"pre-tokenizer or decoder) or SentencePiece-style (byte_fallback with a Metaspace or \"▁\" "
+                    f"Replace step); pre-tokenizer {pre or 'none'}, decoder {dec or 'none'}. GGUF export needs one of "
+                    "the two.")
+
+
 def write_f16(student: Path, out_file: Path) -> dict:
     """Write the student as an f16 GGUF; returns a few facts for the report."""
     gguf = require("gguf")
@@ -103,11 +170,7 @@ def write_f16(student: Path, out_file: Path) -> dict:
     arch = getattr(gguf.MODEL_ARCH, arch_name)
     tok_json = json.loads((student / "tokenizer.json").read_text())
     tok_cfg = json.loads((student / "tokenizer_config.json").read_text())
-    # Byte-level BPE (gpt2 style: SmolLM2, Qwen2) or SentencePiece-style BPE over "▁" with byte fallback (Gemma).
-    spm = tok_json["model"]["type"] == "BPE" and bool(tok_json["model"].get("byte_fallback"))
-    if tok_json["model"]["type"] != "BPE" or not (spm or isinstance(tok_json.get("pre_tokenizer"), dict)):
-        raise UserError(f"{student}: GGUF export needs a byte-level BPE or a SentencePiece-style BPE tokenizer; this "
-                        f"one is {tok_json['model']['type']}.")
+    spm = tokenizer_kind(student, tok_json) == "llama"
     gemma = arch_name == "GEMMA3"
     fmt_file = student / layout.PROMPT_FORMAT
     fmt = json.loads(fmt_file.read_text()) if fmt_file.exists() else {"answer_prefix": "predict:"}
@@ -200,8 +263,21 @@ def write_f16(student: Path, out_file: Path) -> dict:
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int = 0, embeddings_q8: bool = False,
-             log_file: Path | None = None) -> None:
-    """llama.cpp's own quantizer; `embeddings_q8` keeps the token embedding and output tensor at q8_0."""
+             log_file: Path | None = None, imatrix: Path | None = None) -> None:
+    """llama.cpp's own quantizer, in a child process (a file that crashes it is one sentence, not an abort);
+    `embeddings_q8` keeps the token embedding and output tensor at q8_0; `imatrix` (export/imatrix.py)
+    weighs each column's rounding error by its inputs' mean square."""
+    from distill.llama_runtime import call
+
+    call("export.gguf:quantize_here", f"quantizing {src.name} to {quant}", src=str(src), dst=str(dst), quant=quant,
+         threads=threads, embeddings_q8=embeddings_q8, log_file=None if log_file is None else str(log_file),
+         imatrix=None if imatrix is None else str(imatrix))
+
+
+def quantize_here(src: str, dst: str, quant: str, threads: int = 0, embeddings_q8: bool = False,
+                  log_file: str | None = None, imatrix: str | None = None) -> None:
+    """(child process) `quantize` itself."""
+    src, dst = Path(src), Path(dst)
     llama_cpp = require("llama_cpp", "llama-cpp-python")
     gguf = require("gguf")
     params = llama_cpp.llama_model_quantize_default_params()
@@ -209,8 +285,12 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0, embeddings_q8: 
     params.nthread = threads
     if embeddings_q8:
         params.token_embedding_type = params.output_tensor_type = llama_cpp.GGML_TYPE_Q8_0
+    if imatrix is not None:
+        from export.imatrix import ctypes_entries, load
+
+        params.imatrix, _alive = ctypes_entries(load(Path(imatrix)))
     # llama.cpp prints a line per tensor; the parity report says what matters
-    with captured(log_file if log_file is not None else Path(os.devnull)):
+    with captured(Path(log_file) if log_file is not None else Path(os.devnull)):
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0:
         raise UserError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc}).")

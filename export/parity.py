@@ -6,6 +6,8 @@ both runtimes tokenize each prompt to the same ids.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -34,25 +36,40 @@ def torch_logits(model, ids: list[int]) -> np.ndarray:
 
 
 def gguf_parity(model, tok, gguf_file, prompts: list[str], threads: int | None = None) -> dict:
+    """llama.cpp runs in a child process (`distill.llama_runtime.call`): a file that kills it is a one-sentence
+    LlamaCrash here, and the export's files are kept."""
+    import tempfile
+
+    from distill.llama_runtime import call
+
+    ids = [tok(p)["input_ids"] for p in prompts]
+    with tempfile.TemporaryDirectory(prefix="tinyllm-parity-") as tmp:
+        same = call("export.parity:gguf_logits", f"checking {Path(gguf_file).name} against torch",
+                    path=str(gguf_file), prompts=prompts, ids=ids, out_dir=tmp, threads=threads)
+        per = [_compare(torch_logits(model, i), np.load(Path(tmp) / f"{k}.npy")) for k, i in enumerate(ids)]
+    return summarize(per, same)
+
+
+def gguf_logits(path: str, prompts: list[str], ids: list[list[int]], out_dir: str, threads: int | None = None) -> list[bool]:
+    """(child process) llama.cpp's logits at every position of each prompt's torch token ids, one
+    `<k>.npy` per prompt in `out_dir`; returns whether llama.cpp tokenizes each prompt to those ids."""
     from distill.errors import require
 
     llama_cpp = require("llama_cpp", "llama-cpp-python")
-    longest = max(len(tok(p)["input_ids"]) for p in prompts)
-    llm = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=max(512, longest + 8), logits_all=True, n_threads=threads,
+    longest = max(len(i) for i in ids)
+    llm = llama_cpp.Llama(model_path=path, n_ctx=max(512, longest + 8), logits_all=True, n_threads=threads,
                           verbose=False)
     try:
         add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
-        per, same = [], []
-        for p in prompts:
-            ids = tok(p)["input_ids"]
-            same.append(llm.tokenize(p.encode(), add_bos=add_bos, special=True) == ids)
+        same = []
+        for k, (p, i) in enumerate(zip(prompts, ids)):
+            same.append(llm.tokenize(p.encode(), add_bos=add_bos, special=True) == i)
             llm.reset()
-            llm.eval(ids)
-            got = np.array(llm.scores[: len(ids)], dtype=np.float32)
-            per.append(_compare(torch_logits(model, ids), got))
+            llm.eval(i)
+            np.save(Path(out_dir) / f"{k}.npy", np.asarray(llm.scores[: len(i)], dtype=np.float32))
     finally:
         llm.close()
-    return summarize(per, same)
+    return same
 
 
 def onnx_parity(model, tok, onnx_dir, prompts: list[str]) -> dict:

@@ -10,7 +10,12 @@ from pathlib import Path
 from distill import layout
 from distill.config import Config, write_resolved
 from distill.errors import UserError
+from distill.llama_runtime import LlamaCrash, cpu_model
 from distill.progress import log
+
+
+def hardware() -> str:
+    return f"{cpu_model()}, {platform.machine()} {platform.system()}"
 
 
 class ParityFailure(Exception):
@@ -70,6 +75,40 @@ def task_prompts(student: Path, cfg: Config, n: int) -> tuple[list[str], str]:
     return [fmt.answer_prompt(ex) + fmt.answer_target(ex) for ex in exs[:n]], where
 
 
+def importance_matrix(student: Path, cfg: Config, model, tok, arch_name: str, out: Path) -> tuple[Path | None, dict]:
+    """(imatrix file in `out`, or None; what it was made from) for export.imatrix = auto | none | FILE."""
+    from export import imatrix
+
+    choice = cfg.export.imatrix
+    if choice == "none":
+        return None, {"source": "none"}
+    if choice != "auto":
+        src = Path(choice)
+        dst = out / (imatrix.FILE_NAME if src.suffix != ".gguf" else "imatrix.gguf")
+        shutil.copyfile(src, dst)
+        return dst, {"source": str(src), "tensors": len(imatrix.load(dst))}
+    from distill.data import load_dataset
+    from distill.progress import Progress
+    from distill.student import PromptFormat
+
+    data = student_data(student, cfg)
+    try:
+        exs = load_dataset(data.name, data.path).split(data.train_split)[: cfg.export.imatrix_questions]
+    except UserError as exc:
+        log(f"[export] no importance matrix: the student's training data was not found ({exc})")
+        return None, {"source": "none (training data not found)"}
+    fmt = PromptFormat.load(student)
+    texts = [fmt.answer_prompt(ex) + fmt.answer_target(ex) for ex in exs]
+    means, tokens = imatrix.compute(model, tok, texts, arch_name, Progress("imatrix", len(texts), log))
+    path = out / imatrix.FILE_NAME
+    where = f"{data.name}/{data.train_split}"
+    imatrix.save_dat(path, means, len(texts), f"tinyllm:{where}")
+    log(f"[export] importance matrix from {len(texts)} training questions of {where} ({tokens} tokens, "
+        f"{len(means)} matrices) -> {path.name}")
+    return path, {"source": f"auto: {len(texts)} questions of {where}, answer prompt + gold answer", "tokens": tokens,
+                  "tensors": len(means)}
+
+
 def check_student(student: Path) -> None:
     """Weights present and readable, before any work is done."""
     weights = sorted(student.glob("*.safetensors"))
@@ -104,6 +143,7 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     from distill.config import StudentConfig
     from export import gguf as gguf_mod
     from export import parity
+    from export.imatrix import BELOW_8_BITS
 
     quant = check_quant(fmt, quant)
     student, source_run = resolve_source(source, run_id, cfg)
@@ -111,6 +151,10 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     hf_cfg = json.loads((student / "config.json").read_text())
     if fmt == "gguf":
         gguf_mod.check_supported(hf_cfg)
+        if cfg.export.imatrix not in ("auto", "none"):  # a bad file is refused before any work
+            from export.imatrix import load
+
+            load(Path(cfg.export.imatrix))
     if quant == "auto":  # refused before any work when the student's data has no validation split
         from export.auto import validation_questions
 
@@ -137,27 +181,37 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
         f16 = out / "student-f16.gguf"
         info = gguf_mod.write_f16(student, f16)
         model_file = f16
+        imatrix_file = None
+        if quant == "auto" or quant in BELOW_8_BITS:
+            imatrix_file, info["imatrix"] = importance_matrix(student, cfg, model, tok,
+                                                              gguf_mod.SUPPORTED[gguf_mod.check_supported(hf_cfg)], out)
         if quant == "auto":
             from export.auto import NoCandidateFits, choose
 
             try:
-                auto = choose(f16, out, student, model, tok, cfg, auto_questions)
+                auto = choose(f16, out, student, model, tok, cfg, auto_questions, imatrix=imatrix_file)
+            except LlamaCrash as exc:
+                raise ParityFailure(f"{str(exc).rstrip('.')}; the files are kept in {out}.") from None
             except NoCandidateFits as exc:
                 f16.unlink()
                 if final.exists():
                     shutil.rmtree(final)
                 out.rename(final)
                 report = exc.args[0]
-                raise ParityFailure(f"no GGUF candidate stays within {report['max_accuracy_drop']:g} point(s) of the "
-                                    "torch "
-                                    f"student's exact match ({report['torch_em']:.1f}% on {report['split']}); every "
-                                    f"candidate's numbers are in {final / 'auto.json'}: raise --max-drop or keep f16.")
+                raise ParityFailure(f"no GGUF candidate is certified within {report['max_accuracy_drop']:g} point(s) "
+                                    f"of the torch student's exact match ({report['torch_em']:.1f}% on "
+                                    f"{report['questions']} questions of {report['split']}; 95% upper bound of the "
+                                    f"paired drop, the tightest any candidate reached: "
+                                    f"{report['smallest_certifiable_drop']:+.1f}); every candidate's numbers are in "
+                                    f"{final / 'auto.json'}: raise --max-drop, use more validation questions, or "
+                                    "keep f16.")
             quant = auto["chosen"]
             model_file = out / f"student-{quant}.gguf"
             f16.unlink()
         elif quant != "f16":
             model_file = out / f"student-{quant}.gguf"
-            gguf_mod.quantize(f16, model_file, quant, log_file=tool_log)
+            gguf_mod.quantize(f16, model_file, quant, log_file=tool_log,
+                              imatrix=imatrix_file if quant in BELOW_8_BITS else None)
             f16.unlink()
         info["file"] = model_file.name
     else:
@@ -170,7 +224,10 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
 
     prompts, prompt_source = task_prompts(student, cfg, cfg.export.parity_prompts)
     if fmt == "gguf":
-        report = parity.gguf_parity(model, tok, out / info["file"], prompts)
+        try:
+            report = parity.gguf_parity(model, tok, out / info["file"], prompts)
+        except LlamaCrash as exc:
+            raise ParityFailure(f"{str(exc).rstrip('.')}; the files are kept in {out}.") from None
     elif hf_cfg.get("is_encoder_decoder"):
         report = parity.onnx_seq2seq_parity(model, tok, out, [p.rsplit("Answer:", 1)[0] + "Answer:" for p in prompts])
     else:
@@ -190,10 +247,12 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     report.update({"format": fmt, "quant": quant, "prompt_source": prompt_source, "checks": checks,
                    "passed": all(checks.values()), "export_seconds": round(seconds, 2), "student": str(student),
                    "size_bytes": sum(f.stat().st_size for f in out.glob("*.onnx*")) if fmt == "onnx"
-                   else (out / info["file"]).stat().st_size, "hardware": f"{platform.machine()} {platform.system()}",
+                   else (out / info["file"]).stat().st_size, "hardware": hardware(),
                    **info, **({"auto": auto} if auto else {})})
     (out / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "README.md").write_text(device_readme(fmt, quant, out, info, report, student))
+    if fmt == "gguf":
+        (out / "Modelfile").write_text(gguf_mod.modelfile(student, info["file"]))
     if final.exists():
         shutil.rmtree(final)
     out.rename(final)
@@ -242,14 +301,25 @@ def device_readme(fmt: str, quant: str, out: Path, info: dict, report: dict, stu
              "## Prompt format", "", "The student answers multiple-choice questions asked like this, and replies with",
              "the text of the option it picks:", "", "```", prompt, "```", ""]
     if fmt == "gguf":
+        from export.gguf import OLLAMA_NUM_CTX
+
         lines += ["## Run with llama.cpp", "", "```bash",
-                  f"llama-cli -m {info['file']} --temp 0 -n 32 -p \"$(printf "
+                  f"llama-cli -m {info['file']} --temp 0 -n 32 -no-cnv -p \"$(printf "
                   f"'{prompt.replace(chr(10), chr(92) + 'n')}')\"",
                   f"llama-server -m {info['file']} --host 127.0.0.1 --port 8080 --jinja   # chat template = the "
                   "prompt format",
+                  f"python -m llama_cpp.server --model {info['file']} --host 127.0.0.1 --port 8080   # the same "
+                  "server from llama-cpp-python",
+                  "ollama create tinyllm-student -f Modelfile && ollama run tinyllm-student",
                   "```", "",
-                  "With `llama-server --jinja`, send the question block (`Q: …\\nAnswer Choices:\\n(a) …`) as the user",
-                  "message; the embedded chat template adds the task prefix and `Answer:`."]
+                  "`-no-cnv` keeps llama-cli to one completion (it starts a conversation when the file has a chat "
+                  "template).",
+                  "With either server's chat API (`/v1/chat/completions`), send the question block (`Q: …\\nAnswer "
+                  "Choices:\\n(a) …`)",
+                  "as the user message, with `temperature: 0`, `repeat_penalty: 1` (llama_cpp.server's default is 1.1) "
+                  "and `stop: [\"\\n\"]`;",
+                  "the embedded chat template adds the task prefix and `Answer:`. The `Modelfile` does the same for "
+                  f"Ollama (template, stop string, context {OLLAMA_NUM_CTX})."]
     else:
         seq2seq = bool(json.loads((student / "config.json").read_text()).get("is_encoder_decoder"))
         ort_class = "ORTModelForSeq2SeqLM" if seq2seq else "ORTModelForCausalLM"
@@ -272,5 +342,8 @@ def device_readme(fmt: str, quant: str, out: Path, info: dict, report: dict, stu
               f"- top-1 next-token agreement: {report['top1_agreement']:.4f}",
               f"- mean KL(torch || export): {report['mean_kl']:.4g}",
               f"- tokenizer round trip identical: {report['tokenizer_round_trip']}",
+              *([f"- importance matrix: {info['imatrix']['source']}"
+                 + (" (`imatrix.dat` here; `llama-quantize --imatrix imatrix.dat` reads it)"
+                    if (out / "imatrix.dat").exists() else "")] if info.get("imatrix") else []),
               "- checks: " + ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in report["checks"].items()), ""]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BIN = Path(sys.executable).parent
@@ -126,7 +127,7 @@ def test_bad_inputs_get_one_sentence_and_leave_nothing_complete_looking(tiny_bpe
     assert r.returncode == 2 and "is not a readable safetensors file" in r.stderr and "Traceback" not in r.stderr
 
     r = export(str(tiny_bpe_student), "--format", "gguf", "--quant", "q3_weird", "--out", str(tmp_path / "c"), cwd=tmp_path)
-    assert r.returncode == 2 and "--quant q3_weird is not a GGUF option; use one of f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, or auto." in r.stderr
+    assert r.returncode == 2 and "--quant q3_weird is not a GGUF option; use one of f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_1, q4_0, or auto." in r.stderr
     r = export(str(tiny_bpe_student), "--format", "onnx", "--quant", "q4_k_m", "--out", str(tmp_path / "c"), cwd=tmp_path)
     assert r.returncode == 2 and "is not an ONNX option" in r.stderr
 
@@ -192,8 +193,8 @@ def test_quant_auto_keeps_the_smallest_candidate_within_the_budget(tiny_bpe_stud
     auto = report["auto"]
     assert auto["split"] == "jsonl/valid" and auto["questions"] == 8  # chosen on validation, never on test
     names = [c["name"] for c in auto["candidates"]]
-    assert sorted(names) == sorted(["q4_0", "q4_0-e8", "q4_k_m", "q4_k_m-e8", "q5_k_m", "q5_k_m-e8", "q6_k", "q6_k-e8",
-                                    "q8_0"])
+    assert sorted(names) == sorted(["q4_0", "q4_0-e8", "q4_1", "q4_k_m", "q4_k_m-e8", "q5_k_m", "q5_k_m-e8", "q6_k",
+                                    "q6_k-e8", "q8_0"])
     sizes = [c["size_bytes"] for c in auto["candidates"]]
     assert sizes == sorted(sizes)  # tried from the smallest up
     by_name = {c["name"]: c for c in auto["candidates"]}
@@ -201,9 +202,12 @@ def test_quant_auto_keeps_the_smallest_candidate_within_the_budget(tiny_bpe_stud
     for c in twins:  # a byte-identical file is scored once
         base = by_name[c["same_file_as"]]
         assert (c["size_bytes"], c["em"], c["agreement"]) == (base["size_bytes"], base["em"], base["agreement"])
-    assert r.stderr.count(" MB, EM ") == 9 - len(twins) and r.stderr.count("its measurements reused") == len(twins)
-    fits = [c for c in auto["candidates"] if c["drop_points"] <= 1]
+    assert r.stderr.count(" MB, EM ") == 10 - len(twins) and r.stderr.count("its measurements reused") == len(twins)
+    for c in auto["candidates"]:  # the bound, not the point estimate, decides
+        assert c["drop_upper95"] >= c["drop_points"] and c["within_budget"] == (c["drop_upper95"] <= 1)
+    fits = [c for c in auto["candidates"] if c["within_budget"]]
     assert auto["chosen"] == fits[0]["name"] == report["quant"]
+    assert auto["smallest_certifiable_drop"] == min(c["drop_upper95"] for c in auto["candidates"])
     assert [f.name for f in out.glob("*.gguf")] == [f"student-{auto['chosen']}.gguf"]  # the others are not kept
     assert "--quant auto" in (out / "README.md").read_text()
 
@@ -212,9 +216,10 @@ def test_quant_auto_refuses_in_one_sentence_when_nothing_fits(tiny_bpe_student, 
     student = student_with_validation_data(tiny_bpe_student, tmp_path)
     # A budget no candidate can meet: it would have to beat the torch student by 200 points.
     r = export(str(student), "--format", "gguf", "--quant", "auto", "--max-drop", "-200", "--no-mlflow", cwd=tmp_path)
-    assert r.returncode == 1 and "no GGUF candidate stays within -200 point(s)" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "no GGUF candidate is certified within -200 point(s)" in r.stderr
+    assert "Traceback" not in r.stderr and "the tightest any candidate reached" in r.stderr
     kept = json.loads((tmp_path / "run" / "exports" / "gguf-auto" / "auto.json").read_text())
-    assert len(kept["candidates"]) == 9 and kept["chosen"] is None
+    assert len(kept["candidates"]) == 10 and kept["chosen"] is None
     assert not list((tmp_path / "run" / "exports" / "gguf-auto").glob("*.gguf"))
 
 
@@ -283,7 +288,7 @@ def test_quant_auto_scores_a_byte_identical_candidate_once(tmp_path, monkeypatch
     from distill.student import PromptFormat
     from export import auto
 
-    sizes = {"q4_0": 10, "q4_k_m": 12, "q5_k_m": 14, "q6_k": 16, "q8_0": 20}
+    sizes = {"q4_0": 10, "q4_1": 11, "q4_k_m": 12, "q5_k_m": 14, "q6_k": 16, "q8_0": 20}
     monkeypatch.setattr(export.gguf, "quantize", lambda src, dst, quant, **kw: dst.write_bytes(b"x" * sizes[quant]))
     monkeypatch.setattr(PromptFormat, "load", staticmethod(lambda student: PromptFormat()))
     examples = [SimpleNamespace(answer_text=t) for t in ("a", "b", "c", "d")]
@@ -292,14 +297,253 @@ def test_quant_auto_scores_a_byte_identical_candidate_once(tmp_path, monkeypatch
 
     def answers(path, fmt, ex, task=""):
         scored.append(path.name)
-        return ["a", "b", "c", "x"] if "q4_0" in path.name else ["a", "b", "c", "d"]
+        return ["a", "b", "c", "x"] if "q4_0" in path.name or "q4_1" in path.name else ["a", "b", "c", "d"]
 
     monkeypatch.setattr(auto, "gguf_answers", answers)
     report = auto.choose(tmp_path / "f16.gguf", tmp_path, tmp_path, None, None,
                          SimpleNamespace(export=SimpleNamespace(max_accuracy_drop=1.0)), (examples, "x/valid"))
-    assert scored == ["candidate-q4_0.gguf", "candidate-q4_k_m.gguf", "candidate-q5_k_m.gguf", "candidate-q6_k.gguf",
-                      "candidate-q8_0.gguf"]
+    assert scored == ["candidate-q4_0.gguf", "candidate-q4_1.gguf", "candidate-q4_k_m.gguf", "candidate-q5_k_m.gguf",
+                      "candidate-q6_k.gguf", "candidate-q8_0.gguf"]
     twins = {c["name"]: c for c in report["candidates"] if c.get("same_file_as")}
     assert sorted(twins) == ["q4_0-e8", "q4_k_m-e8", "q5_k_m-e8", "q6_k-e8"]
     assert twins["q4_0-e8"]["em"] == 75.0 and not twins["q4_0-e8"]["within_budget"]
     assert report["chosen"] == "q4_k_m" and [f.name for f in tmp_path.glob("*.gguf")] == ["student-q4_k_m.gguf"]
+
+
+def _retokenized(student: Path, dest: Path, edit) -> Path:
+    import shutil
+
+    shutil.copytree(student, dest)
+    tok = json.loads((dest / "tokenizer.json").read_text())
+    edit(tok)
+    (dest / "tokenizer.json").write_text(json.dumps(tok))
+    return dest
+
+
+def test_tokenizer_kind_is_told_by_pre_tokenizer_and_decoder_not_byte_fallback(tiny_bpe_student, tmp_path):
+    from distill.errors import UserError
+    from export.gguf import tokenizer_kind
+
+    tok = json.loads((tiny_bpe_student / "tokenizer.json").read_text())
+    assert tokenizer_kind(tiny_bpe_student, tok) == "gpt2"
+    tok["model"]["byte_fallback"] = True  # what transformers' own GGUF loading of SmolLM2 writes
+    assert tokenizer_kind(tiny_bpe_student, tok) == "gpt2"
+    spm = {"model": {"type": "BPE", "byte_fallback": True, "vocab": {f"<0x{b:02X}>": b for b in range(256)}},
+           "normalizer": {"type": "Sequence", "normalizers": [{"type": "Replace"}]},
+           "decoder": {"type": "Sequence", "decoders": [{"type": "Replace"}, {"type": "ByteFallback"}, {"type": "Fuse"}]}}
+    assert tokenizer_kind(tiny_bpe_student, spm) == "llama"
+    del spm["model"]["vocab"]["<0x41>"]
+    with pytest.raises(UserError, match=r"tokenizer.json: .* 1 are missing \(first <0x41>\)"):
+        tokenizer_kind(tiny_bpe_student, spm)
+    with pytest.raises(UserError, match="cannot tell whether this BPE tokenizer is byte-level"):
+        tokenizer_kind(tiny_bpe_student, {"model": {"type": "BPE"}})
+
+
+def test_byte_level_tokenizer_with_byte_fallback_exports_and_passes_parity(tiny_bpe_student, tmp_path):
+    """The shape of a student saved from transformers' GGUF loading of SmolLM2: ByteLevel BPE that also says
+    `byte_fallback: true`. It used to be written as a SentencePiece vocabulary without byte tokens, and
+    llama.cpp aborted the export (exit 134) in the parity check."""
+    def edit(tok):
+        tok["model"]["byte_fallback"] = True
+
+    student = _retokenized(tiny_bpe_student, tmp_path / "run" / "student", edit)
+    r = export(str(student), "--format", "gguf", "--quant", "f16", "--no-mlflow", "export.parity_prompts=10",
+               cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "run" / "exports" / "gguf-f16" / "parity.json").read_text())
+    assert report["passed"] and report["tokenizer_round_trip"] and report["top1_agreement"] >= 0.99
+
+
+def test_a_gguf_that_kills_llama_cpp_is_one_sentence_and_keeps_the_files(tiny_bpe_student, tmp_path, monkeypatch):
+    """Force the old mistake (a byte-level vocabulary written as SentencePiece, without byte tokens): llama.cpp
+    aborts on it, in the parity check's child process; the export ends in one sentence and the files stay."""
+    import export.gguf
+    from distill.config import load_config
+    from export.pipeline import ParityFailure, export_student
+
+    monkeypatch.setattr(export.gguf, "tokenizer_kind", lambda student, tok_json: "llama")
+    out = tmp_path / "g"
+    with pytest.raises(ParityFailure) as exc:
+        export_student(str(tiny_bpe_student), "gguf", "f16", out, load_config(None, ["export.parity_prompts=4"]),
+                       track=False)
+    msg = str(exc.value)
+    assert msg.startswith("llama.cpp crashed (SIGABRT) while checking student-f16.gguf against torch") and "\n" not in msg
+    assert f"the files are kept in {out}.partial" in msg
+    assert (tmp_path / "g.partial" / "student-f16.gguf").exists() and not out.exists()
+
+
+@pytest.mark.slow
+def test_student_saved_from_transformers_gguf_loading_exports_to_q4_k_m(tmp_path):
+    """As a new user would: SmolLM2 loaded by transformers from the packaged GGUF, saved, exported to q4_k_m."""
+    import transformers
+
+    from distill.models import resolve_gguf
+
+    gguf = resolve_gguf("smollm2-135m-instruct")
+    student = tmp_path / "run" / "student"
+    transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(student)
+    transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(student)
+    assert json.loads((student / "tokenizer.json").read_text())["model"].get("byte_fallback")
+    r = export(str(student), "--format", "gguf", "--quant", "q4_k_m", "--no-mlflow", "export.parity_prompts=10",
+               cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "exports" / "gguf-q4_k_m" / "parity.json").read_text())
+    assert report["tokenizer_round_trip"] and report["passed"], report
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_exported_gguf_served_by_llama_cpp_server_answers_as_bench_does(tiny_bpe_student, tmp_path):
+    """The export folder's Modelfile names the file and the prompt format; `python -m llama_cpp.server` on the
+    exported GGUF, asked through the OpenAI chat API with only the question block (the embedded chat
+    template adds the task prefix), gives the answers bench's llama.cpp runner gets."""
+    import time
+    import urllib.request
+
+    from bench.runners import LlamaCppRunner
+    from distill.data import load_dataset
+    from distill.prompts import render_question
+    from distill.student import PromptFormat
+
+    out = tmp_path / "g"
+    r = export(str(tiny_bpe_student), "--format", "gguf", "--quant", "f16", "--out", str(out), "--no-mlflow",
+               "export.parity_prompts=4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    modelfile = (out / "Modelfile").read_text()
+    fmt = PromptFormat.load(tiny_bpe_student)
+    head, tail = fmt.wrap(fmt.answer_prefix, "Answer:")
+    assert "FROM ./student-f16.gguf" in modelfile and f'TEMPLATE """{head}{{{{ .Prompt }}}}{tail}"""' in modelfile
+    assert 'PARAMETER stop "\\n"' in modelfile and "PARAMETER num_ctx 2048" in modelfile
+    assert "PARAMETER repeat_penalty 1" in modelfile  # Ollama's and llama_cpp.server's default is 1.1
+    assert "python -m llama_cpp.server --model student-f16.gguf" in (out / "README.md").read_text()
+
+    questions = load_dataset("demo").split("test")[:6]
+    runner = LlamaCppRunner(str(out / "student-f16.gguf"), threads=1)
+    try:
+        expected = [runner.answer(fmt.answer_prompt(ex), 32, ["\n"]).text.strip() for ex in questions]
+    finally:
+        runner.close()
+
+    port = _free_port()
+    log = open(tmp_path / "server.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(out / "student-f16.gguf"),
+                               "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "2048"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        while True:  # ready when it answers; a server that died is reported with its log
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(base + "/models", timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        got = []
+        for ex in questions:
+            body = json.dumps({"messages": [{"role": "user", "content": render_question(ex)}], "temperature": 0,
+                               "repeat_penalty": 1.0, "max_tokens": 32, "stop": ["\n"]}).encode()
+            req = urllib.request.Request(base + "/chat/completions", body, {"Content-Type": "application/json"})
+            reply = json.loads(urllib.request.urlopen(req, timeout=120).read())
+            got.append((reply["choices"][0]["message"]["content"] or "").strip())
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+    assert got == expected
+
+
+def test_importance_matrix_covers_every_matmul_and_round_trips_through_llama_cpp_format(tiny_bpe_student, tmp_path):
+    import transformers
+
+    from export import imatrix
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_bpe_student)
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_bpe_student)
+    means, tokens = imatrix.compute(model, tok, ["Q: Which gas do plants take in?", "predict: Answer: oxygen"], "LLAMA")
+    n_layer = model.config.num_hidden_layers
+    expected = {f"blk.{i}.{t}.weight" for i in range(n_layer)
+                for t in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
+    assert set(means) == expected | {"token_embd.weight"}  # tied: the output projection multiplies by it
+    assert tokens == sum(len(tok(t)["input_ids"]) for t in ["Q: Which gas do plants take in?", "predict: Answer: oxygen"])
+    assert means["blk.0.ffn_down.weight"].shape == (model.config.intermediate_size,)
+    assert all((v > 0).all() for v in means.values())
+    imatrix.save_dat(tmp_path / "m.dat", means, 2, "tinyllm:test")
+    back = imatrix.load(tmp_path / "m.dat")
+    assert set(back) == set(means) and all(np.allclose(back[k], means[k], rtol=1e-6) for k in means)
+
+    import gguf  # llama-imatrix's GGUF layout: <tensor>.in_sum2 (sums) and <tensor>.counts
+
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "imatrix")
+    w.add_tensor("blk.0.attn_q.weight.in_sum2", np.array([[2.0, 4.0, 6.0]], dtype=np.float32))
+    w.add_tensor("blk.0.attn_q.weight.counts", np.array([2.0], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert np.allclose(imatrix.load(tmp_path / "m.gguf")["blk.0.attn_q.weight"], [1.0, 2.0, 3.0])
+
+
+def test_q4_k_m_export_uses_the_task_importance_matrix_unless_told_not_to(tiny_bpe_student, tmp_path):
+    """auto (the default): computed from the student's training questions (demo here), saved beside the export
+    and used by llama.cpp's quantizer, which then writes different 4-bit weights; none: no file."""
+    import shutil
+
+    student = tmp_path / "run" / "student"
+    shutil.copytree(tiny_bpe_student, student)
+    r = export(str(student), "--format", "gguf", "--quant", "q4_k_m", "--no-mlflow", "export.parity_prompts=4",
+               "data.name=demo", "export.imatrix_questions=16", "export.min_top1_agreement.q4_k_m=0",
+               "export.max_mean_kl.q4_k_m=1e9", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with_m = tmp_path / "run" / "exports" / "gguf-q4_k_m"
+    assert "importance matrix from 16 training questions of demo/train" in r.stderr
+    report = json.loads((with_m / "parity.json").read_text())
+    assert report["imatrix"]["source"].startswith("auto: 16 questions of demo/train") and (with_m / "imatrix.dat").exists()
+    assert "importance matrix: auto" in (with_m / "README.md").read_text()
+    r = export(str(student), "--format", "gguf", "--quant", "q4_k_m", "--no-mlflow", "export.parity_prompts=4",
+               "--imatrix", "none", "--out", str(tmp_path / "plain"), "export.min_top1_agreement.q4_k_m=0",
+               "export.max_mean_kl.q4_k_m=1e9", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not (tmp_path / "plain" / "imatrix.dat").exists()
+    assert (with_m / "student-q4_k_m.gguf").read_bytes() != (tmp_path / "plain" / "student-q4_k_m.gguf").read_bytes()
+    # a file given by the user is used as it is
+    r = export(str(student), "--format", "gguf", "--quant", "q4_0", "--no-mlflow", "export.parity_prompts=4",
+               "--imatrix", str(with_m / "imatrix.dat"), "--out", str(tmp_path / "given"),
+               "export.min_top1_agreement.q4_0=0", "export.max_mean_kl.q4_0=1e9", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "given" / "parity.json").read_text())["imatrix"]["source"] == str(with_m / "imatrix.dat")
+
+
+def test_a_bad_imatrix_file_is_one_sentence_before_any_work(tiny_bpe_student, tmp_path):
+    (tmp_path / "bad.dat").write_bytes(b"\x05\x00\x00\x00junk")
+    for arg, msg in ((str(tmp_path / "bad.dat"), "not a llama.cpp imatrix file"), (str(tmp_path / "nope.dat"), "no such file")):
+        r = export(str(tiny_bpe_student), "--format", "gguf", "--quant", "q4_0", "--no-mlflow", "--imatrix", arg,
+                   "--out", str(tmp_path / "o"), cwd=tmp_path)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+
+
+def test_quant_auto_holds_the_upper_bound_of_the_paired_drop_to_the_budget():
+    """A candidate 0.5 points below torch on 400 questions, its answers' correctness differing on 1 in 20,
+    is within a 1-point budget by point estimate but not certified: the bound is what the choice rests on."""
+    import math
+
+    from export.auto import Z_UPPER_95, paired_drop
+
+    ref = [True] * 300 + [False] * 100
+    cand = list(ref)
+    for i in range(6):  # 6 lost ...
+        cand[i] = False
+    for i in range(300, 304):  # ... 4 gained: mean drop 2/400 = 0.5 points
+        cand[i] = True
+    drop, upper = paired_drop(ref, cand)
+    d = [int(a) - int(b) for a, b in zip(ref, cand)]
+    sd = math.sqrt(sum((x - 0.005) ** 2 for x in d) / 399)
+    assert drop == pytest.approx(0.5) and upper == pytest.approx(100 * (0.005 + Z_UPPER_95 * sd / 20))
+    assert drop <= 1 < upper
+    assert paired_drop([True, False] * 10, [True, False] * 10) == (0.0, 0.0)  # identical answers: certified at 0
