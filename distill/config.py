@@ -193,8 +193,8 @@ class ExportConfig:
     """ONNX fp32: largest allowed |logit difference| against torch (SmolLM2-135M measured 1e-4)."""
     min_top1_agreement: dict[str, float] = field(
         default_factory=lambda: {"f16": 0.99, "q8_0": 0.94, "q6_k": 0.9, "q5_k_m": 0.8, "q4_k_m": 0.8, "q4_1": 0.7,
-                                 "q4_0": 0.7, "int8": 0.8})
-    """GGUF and ONNX int8, per quant: share of positions whose top-1 token matches torch. 4-bit costs
+                                 "q4_0": 0.7, "int8": 0.8, "int4": 0.7})
+    """GGUF and ONNX int8/int4, per quant: share of positions whose top-1 token matches torch. 4-bit costs
     small models more (SmolLM2-135M, 50 OBQA prompts: f16 0.997, q8_0 0.946, q4_k_m 0.865, int8 0.980);
     override per quant, e.g. export.min_top1_agreement.q4_k_m=0.85. q5_k_m is not between q6_k and q4_k_m
     for SmolLM2 (its 576-wide rows are not a multiple of k-quants' 256, so llama.cpp falls back to other
@@ -205,7 +205,7 @@ class ExportConfig:
     accuracy is `--quant auto`'s and tinyllm-bench's to measure."""
     max_mean_kl: dict[str, float] = field(
         default_factory=lambda: {"f16": 0.01, "q8_0": 0.05, "q6_k": 0.08, "q5_k_m": 0.15, "q4_k_m": 0.15, "q4_1": 0.3,
-                                 "q4_0": 0.3, "int8": 0.15})
+                                 "q4_0": 0.3, "int8": 0.15, "int4": 0.3})
     """Per quant: mean KL(torch || export) over all positions."""
     parity_prompts: int = 50
     """Real prompts from the student's test set used for every parity check."""

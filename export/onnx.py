@@ -1,4 +1,4 @@
-"""The student as ONNX through optimum's exporter, optionally with int8 weights (onnxruntime's MatMulNBits)."""
+"""The student as ONNX through optimum's exporter, optionally with int8 or int4 weights (onnxruntime's MatMulNBits)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,39 @@ from distill.errors import require
 from distill.progress import captured
 
 
+WEIGHT_BITS = {"int8": 8, "int4": 4}
+"""ONNX weight-only quantizations: MatMulNBits with this many bits, blocks of 32, int8 compute."""
+ACCURACY_LEVEL = 4
+"""MatMulNBits' compute type. 0, onnxruntime's default and what int8 used before, computes in fp32 from
+the unpacked weights, and measured slower than the fp32 model itself (the OBQA student's int8: 0.65 vs
+0.17 s per question, benchmarks/results/obqa_student_forms.md); 4 quantizes each activation block to int8
+and runs integer kernels (benchmarks/onnx_quant_speed.py measures both)."""
+
+
+def quantize_weights(out: Path, bits: int, log_file: Path | None) -> None:
+    """Weight-only quantization of every MatMul, in place. onnxruntime's dynamic quantization also quantizes
+    activations per tensor, which LLM activation outliers ruin (SmolLM2: top-1 0.61); MatMulNBits quantizes
+    weights per block of 32 and, at accuracy level 4, activations per block as well."""
+    require("onnx_ir", "onnx-ir")
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    for f in sorted(out.glob("*.onnx")):
+        data = f.with_suffix(".onnx_data")
+        big = f.stat().st_size + (data.stat().st_size if data.exists() else 0) > 1_800_000_000
+        algo = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=bits, accuracy_level=ACCURACY_LEVEL)
+        q = MatMulNBitsQuantizer(onnx.load(str(f)), bits=bits, block_size=32, is_symmetric=True,
+                                 accuracy_level=ACCURACY_LEVEL, algo_config=algo)
+        with captured(log_file):
+            q.process()
+        f.unlink()
+        if data.exists():
+            data.unlink()
+        q.model.save_model_to_file(str(f), use_external_data_format=big)
+
+
 def export_onnx(student: Path, out: Path, quant: str = "none", log_file: Path | None = None) -> dict:
-    """optimum's exporter (and the int8 quantizer), their warnings and tracer output sent to `log_file`."""
+    """optimum's exporter (and the weight quantizer), their warnings and tracer output sent to `log_file`."""
     require("optimum.exporters.onnx", "optimum-onnx[onnxruntime]")
     from optimum.exporters.onnx import main_export
 
@@ -22,23 +53,6 @@ def export_onnx(student: Path, out: Path, quant: str = "none", log_file: Path | 
     from distill.student import PromptFormat
 
     PromptFormat.load(student).save(out)  # how to ask the student travels with it
-    if quant == "int8":
-        # Weight-only int8 (MatMulNBits, 8 bits, blocks of 32). onnxruntime's dynamic quantization also
-        # quantizes activations per tensor, which LLM activation outliers ruin (SmolLM2: top-1 0.61);
-        # weight-only keeps activations in fp32 (SmolLM2: top-1 0.975, KL 0.002).
-        require("onnx_ir", "onnx-ir")
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-        for f in sorted(out.glob("*.onnx")):
-            data = f.with_suffix(".onnx_data")
-            big = f.stat().st_size + (data.stat().st_size if data.exists() else 0) > 1_800_000_000
-            q = MatMulNBitsQuantizer(onnx.load(str(f)), bits=8, block_size=32, is_symmetric=True,
-                                     algo_config=DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=8))
-            with captured(log_file):
-                q.process()
-            f.unlink()
-            if data.exists():
-                data.unlink()
-            q.model.save_model_to_file(str(f), use_external_data_format=big)
+    if quant in WEIGHT_BITS:
+        quantize_weights(out, WEIGHT_BITS[quant], log_file)
     return {"task": task, "files": sorted(p.name for p in out.glob("*.onnx"))}

@@ -132,8 +132,8 @@ def check_quant(fmt: str, quant: str | None) -> str:
     quant = quant or ("q4_k_m" if fmt == "gguf" else "none")
     if fmt == "gguf" and quant not in QUANTS and quant != "auto":
         raise UserError(f"--quant {quant} is not a GGUF option; use one of {', '.join(QUANTS)}, or auto.")
-    if fmt == "onnx" and quant not in ("none", "int8"):
-        raise UserError(f"--quant {quant} is not an ONNX option; use none or int8.")
+    if fmt == "onnx" and quant not in ("none", "int8", "int4"):
+        raise UserError(f"--quant {quant} is not an ONNX option; use none, int8 or int4.")
     return quant
 
 

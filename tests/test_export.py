@@ -168,7 +168,25 @@ def test_onnx_int8_is_weight_only_and_close_to_torch(tiny_bpe_student, tmp_path)
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / "model.onnx"), load_external_data=False).graph.node}
-    assert "MatMulNBits" in ops and "DynamicQuantizeLinear" not in ops  # weights int8, activations untouched
+    assert "MatMulNBits" in ops and "DynamicQuantizeLinear" not in ops  # weights int8, no per-tensor activations
+
+
+def test_onnx_int4_is_matmulnbits_at_4_bits_with_int8_compute(tiny_bpe_student, tmp_path):
+    """4 bits cost this random tiny student (matrices drawn at std 0.25, decisive logits) as much as GGUF q4_0
+    does (top-1 0.27 both, 50 prompts, when this was written), so the thresholds are lifted here; the
+    conversion is held to far above chance (1/512) and to the graph it must be."""
+    r = export(str(tiny_bpe_student), "--format", "onnx", "--quant", "int4", "--out", str(tmp_path / "q"), "--no-mlflow",
+               "export.parity_prompts=10", "export.min_top1_agreement.int4=0", "export.max_mean_kl.int4=1e9", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "q" / "parity.json").read_text())
+    assert report["passed"] and report["quant"] == "int4" and report["tokenizer_round_trip"]
+    assert report["top1_agreement"] > 0.15
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "q" / "model.onnx"), load_external_data=False).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nbits]
+    assert nbits and all(a["bits"] == 4 and a["block_size"] == 32 and a["accuracy_level"] == 4 for a in attrs)
 
 
 def student_with_validation_data(tiny_bpe_student, tmp_path) -> Path:
