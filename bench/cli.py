@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 
 from distill import layout
-from distill.errors import user_errors
+from distill.errors import UserError, user_errors
 
 EXAMPLES = """\b
 examples:
@@ -42,18 +43,27 @@ def main(overrides, config, limit, contestants, threads, student, out, no_mlflow
         extra.append(f"bench.contestants={json.dumps(contestants.split(','))}")
     cfg = load_config(config, extra)
     student_dir = Path(student) if student else layout.student_dir(cfg.output_dir)
+    if student and not (student_dir / "config.json").exists():
+        raise UserError(f"--student {student} is not a student folder (no config.json); give the 'student' folder a "
+                        "distill run saved, or leave --student out for <output_dir>/student.")
     out_dir = Path(out) if out else Path(cfg.output_dir) / layout.BENCH
-    if dry_run:
-        from bench.run import discover
+    from bench.run import select
 
+    chosen = select(cfg, student_dir if student_dir.exists() else None)  # the real run's checks, before any work
+    if dry_run:
         click.echo(dump_yaml(cfg))
-        click.echo(json.dumps([{k: v for k, v in c.items() if k != "teacher"} for c in discover(cfg, student_dir)], indent=2))
+        click.echo(json.dumps([{k: v for k, v in c.items() if k != "teacher"} for c in chosen], indent=2))
         return
     from bench.run import bench
 
-    bench(cfg, student_dir if student_dir.exists() else None, out_dir, track=not no_mlflow)
+    report = bench(cfg, student_dir if student_dir.exists() else None, out_dir, track=not no_mlflow)
     click.echo(f"\nreport: {out_dir / 'report.md'}  plots: {out_dir / 'accuracy_vs_latency.png'}, "
                f"{out_dir / 'accuracy_vs_size.png'}")
+    failed = [f"{c['name']} ({c['status']})" for c in report["contestants"] if c["status"] != "ok"]
+    if failed:
+        click.secho(f"error: {len(failed)} of {len(report['contestants'])} contestant(s) did not finish: "
+                    f"{', '.join(failed)}; the report has the others and each one's stderr.log.", fg="red", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,35 @@ def discover(cfg: Config, student: Path | None) -> list[dict]:
     return found
 
 
+def select(cfg: Config, student: Path | None) -> list[dict]:
+    """The contestants asked for (bench.contestants, else all found), refused in one sentence before any work
+    when a name is unknown or bench.device=cuda has no CUDA to run on."""
+    contestants = discover(cfg, student)
+    if cfg.bench.contestants:
+        known = {c["name"] for c in contestants}
+        unknown = [n for n in cfg.bench.contestants if n not in known]
+        if unknown:
+            raise UserError(f"unknown contestant(s) {', '.join(unknown)}; found: {', '.join(sorted(known)) or 'none'}.")
+        contestants = [c for c in contestants if c["name"] in cfg.bench.contestants]
+    if not contestants:
+        raise UserError("no contestants: train a student (tinyllm-distill run) or configure teachers with a model "
+                        "backend.")
+    kinds = {c["kind"] for c in contestants}
+    if cfg.bench.device == "cuda" and "student-torch" in kinds:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("bench.device=cuda, but torch sees no CUDA device on this host; use bench.device=cpu (the "
+                            "default) or auto.")
+    if cfg.bench.device == "cuda" and "student-onnx" in kinds:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise UserError("bench.device=cuda, but onnxruntime has no CUDAExecutionProvider here; use "
+                            "bench.device=cpu or auto, or pip install onnxruntime-gpu on a GPU host.")
+    return contestants
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval for k successes out of n."""
     if n == 0:
@@ -154,16 +183,7 @@ def bench(cfg: Config, student: Path | None, out: Path, track: bool = True) -> d
 
     out.mkdir(parents=True, exist_ok=True)
     cfg_file = write_resolved(cfg, out)
-    contestants = discover(cfg, student)
-    if cfg.bench.contestants:
-        known = {c["name"] for c in contestants}
-        unknown = [n for n in cfg.bench.contestants if n not in known]
-        if unknown:
-            raise UserError(f"unknown contestant(s) {', '.join(unknown)}; found: {', '.join(sorted(known)) or 'none'}.")
-        contestants = [c for c in contestants if c["name"] in cfg.bench.contestants]
-    if not contestants:
-        raise UserError("no contestants: train a student (tinyllm-distill run) or configure teachers with a model "
-                        "backend.")
+    contestants = select(cfg, student)
     ds = load_dataset(cfg.data.name, cfg.data.path)
     questions = ds.split(cfg.data.test_split)[: cfg.bench.limit]
     n_questions = len(questions)

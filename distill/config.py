@@ -187,12 +187,16 @@ class TrackingConfig:
     """Extra tags on every run (e.g. tracking.tags.cell=lora-answer), to group runs in the UI."""
 
 
+QUANT_KEYS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_1", "q4_0", "int8", "int4")
+"""The quantizations export knows (GGUF's, then ONNX's): the keys of the per-quant thresholds below."""
+
+
 @dataclass
 class ExportConfig:
     max_logit_diff: float = 1e-3
     """ONNX fp32: largest allowed |logit difference| against torch (SmolLM2-135M measured 1e-4)."""
     min_top1_agreement: dict[str, float] = field(
-        default_factory=lambda: {"f16": 0.99, "q8_0": 0.94, "q6_k": 0.9, "q5_k_m": 0.8, "q4_k_m": 0.8, "q4_1": 0.7,
+        metadata={"keys": QUANT_KEYS}, default_factory=lambda: {"f16": 0.99, "q8_0": 0.94, "q6_k": 0.9, "q5_k_m": 0.8, "q4_k_m": 0.8, "q4_1": 0.7,
                                  "q4_0": 0.7, "int8": 0.8, "int4": 0.7})
     """GGUF and ONNX int8/int4, per quant: share of positions whose top-1 token matches torch. 4-bit costs
     small models more (SmolLM2-135M, 50 OBQA prompts: f16 0.997, q8_0 0.946, q4_k_m 0.865, int8 0.980);
@@ -204,7 +208,7 @@ class ExportConfig:
     bounds catch a broken conversion (agreement near zero, KL of several nats); what a quant costs in
     accuracy is `--quant auto`'s and tinyllm-bench's to measure."""
     max_mean_kl: dict[str, float] = field(
-        default_factory=lambda: {"f16": 0.01, "q8_0": 0.05, "q6_k": 0.08, "q5_k_m": 0.15, "q4_k_m": 0.15, "q4_1": 0.3,
+        metadata={"keys": QUANT_KEYS}, default_factory=lambda: {"f16": 0.01, "q8_0": 0.05, "q6_k": 0.08, "q5_k_m": 0.15, "q4_k_m": 0.15, "q4_1": 0.3,
                                  "q4_0": 0.3, "int8": 0.15, "int4": 0.3})
     """Per quant: mean KL(torch || export) over all positions."""
     parity_prompts: int = 50
@@ -353,6 +357,15 @@ def _unknown_key(cls: type, name: str, prefix: str, source: str) -> UserError:
     return UserError(f"{source}: unknown key '{prefix}{name}'.{hint}")
 
 
+def _check_known(f: dataclasses.Field, key: str, prefix: str, source: str) -> None:
+    """A mapping field with a closed set of keys (per-quant thresholds) refuses any other, as a dataclass does."""
+    known = f.metadata["keys"]
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" Did you mean '{prefix}.{close[0]}'?" if close else f" Known keys: {', '.join(known)}."
+        raise UserError(f"{source}: unknown key '{prefix}.{key}'.{hint}")
+
+
 def _build(cls: type, raw: dict, key: str, source: str) -> Any:
     prefix = f"{key}." if key else ""
     hints = _hints(cls)
@@ -364,6 +377,8 @@ def _build(cls: type, raw: dict, key: str, source: str) -> Any:
     for name, f in fields.items():
         if name in raw:
             kwargs[name] = _convert(hints[name], raw[name], prefix + name, source)
+            for k in kwargs[name] if "keys" in f.metadata else ():
+                _check_known(f, k, prefix + name, source)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise UserError(f"{source}: '{prefix.rstrip('.') or 'config'}' is missing the required key "
                             f"'{prefix}{name}'.")
@@ -413,6 +428,7 @@ def apply_override(cfg: Config, item: str) -> None:
         value = text
     target: Any = cfg
     target_tp: Any = Config
+    target_field: dataclasses.Field | None = None
     for depth, part in enumerate(parts):
         prefix = ".".join(parts[:depth])
         last = depth == len(parts) - 1
@@ -426,10 +442,13 @@ def apply_override(cfg: Config, item: str) -> None:
             target = target[int(part)]
             continue
         if isinstance(target, dict) and last:
+            if target_field is not None and "keys" in target_field.metadata:
+                _check_known(target_field, part, prefix, source)
             target[part] = _convert(typing.get_args(target_tp)[1], value, dotted, source)
             return
         if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
             raise _unknown_key(type(target), part, prefix + "." if prefix else "", source)
+        target_field = next(f for f in dataclasses.fields(target) if f.name == part)
         target_tp = _hints(type(target))[part]
         if last:
             setattr(target, part, _convert(target_tp, value, dotted, source))
@@ -520,6 +539,15 @@ def validate(cfg: Config) -> None:
             raise UserError(f"{where}: the {t.backend} backend needs 'model'.")
         if t.backend == "openai" and not t.base_url:
             raise UserError(f"{where}: the openai backend needs 'base_url', e.g. http://127.0.0.1:8000/v1.")
+    for key, value in (("bench.limit", cfg.bench.limit), ("export.auto_questions", cfg.export.auto_questions),
+                       ("data.max_train", cfg.data.max_train), ("data.max_eval", cfg.data.max_eval),
+                       ("data.max_test", cfg.data.max_test)):
+        if value is not None and value < 1:  # a negative count would slice from the end: [:-3] drops 3
+            flag = " (--limit)" if key == "bench.limit" else ""
+            raise UserError(f"{key}{flag} must be at least 1 (or null for all), got {value}.")
+    if cfg.export.imatrix_questions < 1:
+        raise UserError(f"export.imatrix_questions must be at least 1, got {cfg.export.imatrix_questions}; use "
+                        "export.imatrix=none for no importance matrix.")
     if cfg.train.batch_size < 1 or cfg.train.grad_accum < 1:
         raise UserError("train.batch_size and train.grad_accum must be at least 1.")
     if cfg.rationales.k_shot < 0:

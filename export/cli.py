@@ -19,6 +19,18 @@ examples:
 """
 
 
+def split_source(source: str | None, overrides: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    """SOURCE and the key=value overrides, in whatever order they were given: a word with '=' that is not an
+    existing path is an override (`tracking.uri=sqlite:////x/mlflow.db` before the folder, or with --run)."""
+    words = [w for w in (source, *overrides) if w is not None]
+    settings = tuple(w for w in words if "=" in w and not Path(w).exists())
+    sources = [w for w in words if w not in settings]
+    if len(sources) > 1:
+        raise UserError(f"one SOURCE is exported at a time, and {len(sources)} were given ({', '.join(sources)}); "
+                        "settings go as key=value, e.g. export.parity_prompts=20.")
+    return (sources[0] if sources else None), settings
+
+
 @click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source", required=False)
 @click.argument("overrides", nargs=-1)
@@ -48,10 +60,11 @@ def main(source, overrides, fmt, quant, imatrix, max_drop, out, run_id, config, 
     """
     from distill.config import dump_yaml, load_config
 
-    if run_id and source and "=" in source:  # with --run there is no SOURCE: the first word is an override
-        source, overrides = None, (source, *overrides)
+    source, overrides = split_source(source, overrides)
     if not source and not run_id:
         raise UserError("give a SOURCE (model folder, runs:/… or models:/…) or --run RUN_ID.")
+    if source and run_id:
+        raise UserError(f"give either SOURCE ({source}) or --run {run_id}, not both.")
     from export.pipeline import check_quant
 
     quant = check_quant(fmt, quant)  # before anything is read or downloaded

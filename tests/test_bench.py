@@ -75,7 +75,9 @@ bench: {{limit: 4, threads: 1, warmup: 0, timeout_s: 20}}
     r = subprocess.run([str(BIN / "tinyllm-bench"), "-c", str(cfg), "--no-mlflow"], capture_output=True, text=True,
                        cwd=tmp_path, timeout=300)
     srv.shutdown()
-    assert r.returncode == 0, r.stderr[-3000:]
+    # the bench did not do all it was asked: the report is written, and the exit code says so
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "error: 2 of 3 contestant(s) did not finish: teacher:broken (crashed" in r.stderr
     report = json.loads((tmp_path / "run" / "bench" / "report.json").read_text())
     status = {c["name"]: c["status"] for c in report["contestants"]}
     assert status["student-torch"] == "ok"
@@ -251,3 +253,34 @@ def test_two_exports_of_one_quant_get_distinct_contestant_names(tmp_path):
             json.dumps({"format": "gguf", "quant": "q4_0", "file": "student-q4_0.gguf", "passed": True, **extra}))
     names = [c["name"] for c in discover(Config(), run / "student")]
     assert names == ["student-torch", "student-gguf-auto-q4_0", "student-gguf-q4_0", "student-my-q4_0"]
+
+
+def test_bench_refuses_what_the_real_run_would_refuse_before_any_work(tiny_bpe_student, tmp_path):
+    """--dry-run runs the real run's checks; a wrong --student, an unknown contestant, a negative --limit and
+    bench.device=cuda without CUDA are each one sentence with exit 2."""
+    import shutil
+
+    student = tmp_path / "run" / "student"
+    shutil.copytree(tiny_bpe_student, student)
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'run'}\ndata: {{name: demo}}\nteachers: []\n")
+
+    def bench(*args):
+        return subprocess.run([str(BIN / "tinyllm-bench"), "-c", str(cfg), "--no-mlflow", *args], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=300)
+
+    r = bench("--dry-run")
+    assert r.returncode == 0 and '"name": "student-torch"' in r.stdout, r.stderr
+    cases = [(("--student", str(tmp_path / "missing"), "--dry-run"), "is not a student folder (no config.json)"),
+             (("--contestants", "student-gguf-q8_0", "--dry-run"), "unknown contestant(s) student-gguf-q8_0; found: "
+                                                                   "student-torch"),
+             (("--limit", "-3"), "bench.limit (--limit) must be at least 1"),
+             (("bench.device=cuda",), "bench.device=cuda, but torch sees no CUDA device")]
+    import torch
+
+    for args, msg in cases:
+        if "bench.device=cuda" in args and torch.cuda.is_available():
+            continue
+        r = bench(*args)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
+    assert not (tmp_path / "run" / "bench").exists()  # nothing was run

@@ -110,3 +110,25 @@ def test_mapping_fields_take_per_key_overrides(tmp_path):
 def test_string_mapping_override():
     cfg = load_config(None, ["tracking.tags.cell=lora-answer", "tracking.tags.budget=2000"])
     assert cfg.tracking.tags == {"cell": "lora-answer", "budget": "2000"}
+
+
+def test_per_quant_threshold_keys_are_checked_like_any_other_key(tmp_path):
+    """A typo inside export.min_top1_agreement / export.max_mean_kl used to be added silently."""
+    with pytest.raises(UserError, match=r"unknown key 'export.max_mean_kl.q4km'. Did you mean 'export.max_mean_kl.q4_k_m'"):
+        load_config(None, ["export.max_mean_kl.q4km=0.1"])
+    with pytest.raises(UserError, match=r"unknown key 'export.min_top1_agreement.q3'. Known keys: f16"):
+        load_config(None, ["export.min_top1_agreement.q3=0.85"])
+    f = tmp_path / "c.yaml"
+    f.write_text("export:\n  min_top1_agreement: {q4_k_mm: 0.9}\n")
+    with pytest.raises(UserError, match=rf"{f}: unknown key 'export.min_top1_agreement.q4_k_mm'"):
+        load_config(f)
+    assert load_config(None, ["export.min_top1_agreement.q4_1=0.5"]).export.min_top1_agreement["q4_1"] == 0.5
+    assert load_config(None, ["tracking.tags.anything=1"]).tracking.tags["anything"] == "1"  # open mappings stay open
+
+
+def test_the_known_quant_keys_are_the_quants_export_offers():
+    from distill.config import QUANT_KEYS
+    from export.gguf import QUANTS
+    from export.onnx import WEIGHT_BITS
+
+    assert set(QUANT_KEYS) == set(QUANTS) | set(WEIGHT_BITS)

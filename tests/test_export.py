@@ -565,3 +565,15 @@ def test_quant_auto_holds_the_upper_bound_of_the_paired_drop_to_the_budget():
     assert drop == pytest.approx(0.5) and upper == pytest.approx(100 * (0.005 + Z_UPPER_95 * sd / 20))
     assert drop <= 1 < upper
     assert paired_drop([True, False] * 10, [True, False] * 10) == (0.0, 0.0)  # identical answers: certified at 0
+
+
+def test_key_value_overrides_go_anywhere_on_the_command_line(tiny_bpe_student, tmp_path):
+    """`tracking.uri=…` before SOURCE used to be taken for SOURCE ("is not a student folder", slashes collapsed)."""
+    uri = "sqlite:////x/mlflow.db"
+    r = export("--format", "gguf", f"tracking.uri={uri}", str(tiny_bpe_student), "--dry-run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"uri: {uri}" in r.stdout and f'"source": "{tiny_bpe_student}"' in r.stdout
+    r = export("--format", "gguf", f"tracking.uri={uri}", cwd=tmp_path)
+    assert r.returncode == 2 and "give a SOURCE" in r.stderr and "not a student folder" not in r.stderr
+    r = export(str(tiny_bpe_student), str(tmp_path), "--format", "gguf", cwd=tmp_path)
+    assert r.returncode == 2 and "one SOURCE is exported at a time, and 2 were given" in r.stderr
