@@ -177,6 +177,11 @@ class TrainConfig:
 class TrackingConfig:
     uri: str | None = None
     """MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db."""
+    artifact_location: str | None = None
+    """Where a new experiment keeps its artifacts (student, exports). Default: beside the store, i.e.
+    runs/mlartifacts for the default store, <dir>/mlartifacts for sqlite:///<dir>/x.db, the server's own
+    artifact root for http(s)://; a database URI without a server needs it (it is refused otherwise).
+    Fixed when the experiment is created."""
     experiment: str = "tinyllm"
     """MLflow experiment the runs go to."""
     register_as: str | None = None
@@ -196,7 +201,8 @@ class ExportConfig:
     max_logit_diff: float = 1e-3
     """ONNX fp32: largest allowed |logit difference| against torch (SmolLM2-135M measured 1e-4)."""
     min_top1_agreement: dict[str, float] = field(
-        metadata={"keys": QUANT_KEYS}, default_factory=lambda: {"f16": 0.99, "q8_0": 0.94, "q6_k": 0.9, "q5_k_m": 0.8, "q4_k_m": 0.8, "q4_1": 0.7,
+        metadata={"keys": QUANT_KEYS},
+        default_factory=lambda: {"f16": 0.99, "q8_0": 0.94, "q6_k": 0.9, "q5_k_m": 0.8, "q4_k_m": 0.8, "q4_1": 0.7,
                                  "q4_0": 0.7, "int8": 0.8, "int4": 0.7})
     """GGUF and ONNX int8/int4, per quant: share of positions whose top-1 token matches torch. 4-bit costs
     small models more (SmolLM2-135M, 50 OBQA prompts: f16 0.997, q8_0 0.946, q4_k_m 0.865, int8 0.980);
@@ -208,7 +214,8 @@ class ExportConfig:
     bounds catch a broken conversion (agreement near zero, KL of several nats); what a quant costs in
     accuracy is `--quant auto`'s and tinyllm-bench's to measure."""
     max_mean_kl: dict[str, float] = field(
-        metadata={"keys": QUANT_KEYS}, default_factory=lambda: {"f16": 0.01, "q8_0": 0.05, "q6_k": 0.08, "q5_k_m": 0.15, "q4_k_m": 0.15, "q4_1": 0.3,
+        metadata={"keys": QUANT_KEYS},
+        default_factory=lambda: {"f16": 0.01, "q8_0": 0.05, "q6_k": 0.08, "q5_k_m": 0.15, "q4_k_m": 0.15, "q4_1": 0.3,
                                  "q4_0": 0.3, "int8": 0.15, "int4": 0.3})
     """Per quant: mean KL(torch || export) over all positions."""
     parity_prompts: int = 50

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from distill import layout
-from distill.errors import require
+from distill.errors import UserError, require
 
 DEFAULT_DIR = Path("runs")
 # MLflow 3's UI opens a "GenAI" experiment on a traces overview; ours are model training: runs first.
@@ -35,6 +35,26 @@ def tracking_uri(cfg) -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
     DEFAULT_DIR.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(DEFAULT_DIR / 'mlflow.db').resolve()}"
+
+
+def artifact_location(cfg, uri: str, local_store: bool) -> str | None:
+    """Where a new experiment's artifacts go: where the user pointed the store, never the current directory's
+    ./mlruns (MLflow's own default for a database store without a server)."""
+    if cfg.tracking.artifact_location:
+        return cfg.tracking.artifact_location
+    if local_store:
+        return (DEFAULT_DIR / "mlartifacts").resolve().as_uri()
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else "file"
+    if scheme == "sqlite":
+        db = uri.split(":///", 1)[1] if ":///" in uri else ""
+        if not db or db == ":memory:":
+            raise UserError(f"tracking.uri {uri}: an in-memory sqlite store has no folder for artifacts; set "
+                            "tracking.artifact_location.")
+        return (Path(db).parent / "mlartifacts").resolve().as_uri()
+    if scheme in ("http", "https", "databricks", "file") or len(scheme) == 1:  # len 1: a Windows drive letter
+        return None  # a server proxies to its own artifact root; a file store keeps artifacts under itself
+    raise UserError(f"tracking.uri {uri}: a database store without a server needs tracking.artifact_location (a "
+                    "folder or s3://… URI), or serve it with mlflow/serve.sh and use its http:// address.")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -130,10 +150,11 @@ def mlflow_run(cfg, stage: str, run_name: str | None = None, tags: dict | None =
     mlflow = require("mlflow")
     # Decide before set_tracking_uri, which itself sets MLFLOW_TRACKING_URI in the environment.
     local_store = not cfg.tracking.uri and not os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     if exp is None:
-        location = (DEFAULT_DIR / "mlartifacts").resolve().as_uri() if local_store else None
+        location = artifact_location(cfg, uri, local_store)
         exp_id = mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location,
                                           tags=dict([EXPERIMENT_KIND]))
     else:

@@ -284,6 +284,39 @@ def test_tracked_run_logs_terms_saves_student_and_changes_weights(tmp_path, tiny
     assert [m.step for m in history] == [1, 2, 4, 6]
 
 
+def test_artifacts_go_beside_a_sqlite_store_given_by_tracking_uri(tmp_path, tiny_student):
+    """tracking.uri=sqlite:///<elsewhere>/mlflow.db used to put the student under ./mlruns of the current folder."""
+    import mlflow
+
+    store = tmp_path / "store"
+    store.mkdir()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    cfg = write_run_config(tmp_path, tiny_student, teachers=(), max_steps=1)
+    run_cli("run", str(cfg), f"tracking.uri=sqlite:///{store / 'mlflow.db'}", cwd=cwd)
+    assert not (cwd / "mlruns").exists() and not (cwd / "runs").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("test")
+    assert exp.artifact_location == (store / "mlartifacts").as_uri()
+    assert list((store / "mlartifacts").rglob("model.safetensors"))
+
+
+def test_artifact_location_follows_the_store():
+    from types import SimpleNamespace
+
+    from distill.errors import UserError
+    from distill.tracking import artifact_location
+
+    def cfg(location=None):
+        return SimpleNamespace(tracking=SimpleNamespace(artifact_location=location))
+
+    assert artifact_location(cfg(), "sqlite:////data/x/mlflow.db", False) == "file:///data/x/mlartifacts"
+    assert artifact_location(cfg(), "http://127.0.0.1:5000", False) is None  # the server's artifact root
+    assert artifact_location(cfg("s3://bucket/tinyllm"), "postgresql://u@h/db", False) == "s3://bucket/tinyllm"
+    with pytest.raises(UserError, match="a database store without a server needs tracking.artifact_location"):
+        artifact_location(cfg(), "postgresql://u@h/db", False)
+
+
 def test_answer_only_run_is_tracked(tmp_path, tiny_student):
     """No teachers = answer-only fine-tuning (the paper's baseline), tracked like any run."""
     import mlflow
