@@ -77,9 +77,17 @@ def main(source, overrides, fmt, quant, imatrix, max_drop, out, run_id, config, 
     student = Path(source) if source and Path(source).is_dir() else layout.student_dir(cfg.output_dir)
     out_dir = Path(out) if out else layout.export_dir(student, fmt, quant)
     if dry_run:
-        click.echo(dump_yaml(cfg))
+        from export.pipeline import for_student
+
+        local = source and (Path(source) / "config.json").exists()
+        shown = for_student(Path(source), cfg) if local else cfg  # the data the real export reads
+        click.echo(dump_yaml(shown))
         click.echo(json.dumps({"source": source or f"runs:/{run_id}/student", "format": fmt, "quant": quant,
-                               "out": str(out_dir)}, indent=2))
+                               "data": f"{shown.data.name}" + ("" if local else " (a runs:/ or models:/ source uses "
+                                                               "its run's own data section, read at export)"),
+                               "out": str(out_dir), "out_exists": out_dir.exists()
+                               and ("refused without --overwrite" if not overwrite else "replaced (--overwrite)")},
+                              indent=2))
         return
     from export.pipeline import ParityFailure, export_student
 

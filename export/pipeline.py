@@ -1,9 +1,11 @@
 """`tinyllm-export`: resolve the student, convert it, check parity, write a self-contained folder."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +34,10 @@ def resolve_source(source: str | None, run_id: str | None, cfg: Config) -> tuple
         from distill.tracking import tracking_uri
 
         mlflow.set_tracking_uri(tracking_uri(cfg))
+        # Into a folder of our own, so the run's resolved config can sit beside the student as in a run folder.
+        dst = Path(tempfile.mkdtemp(prefix="tinyllm-student-"))
         try:
-            local = Path(mlflow.artifacts.download_artifacts(source))
+            local = Path(mlflow.artifacts.download_artifacts(source, dst_path=str(dst)))
         except Exception as exc:  # MLflow raises several types for a bad URI
             raise UserError(f"cannot fetch {source} from {tracking_uri(cfg)} ({exc}); check the run id or model "
                             "name.") from None
@@ -42,6 +46,14 @@ def resolve_source(source: str | None, run_id: str | None, cfg: Config) -> tuple
             name, version = source[len("models:/"):].split("/", 1)
             mv = mlflow.MlflowClient().get_model_version(name, version)
             src_run = mv.run_id
+        if local.parent != dst:  # a folder of its own for the student, its run's config beside it
+            local = Path(shutil.move(str(local), str(dst / layout.STUDENT)))
+        if src_run:
+            try:
+                mlflow.artifacts.download_artifacts(run_id=src_run, artifact_path=layout.RESOLVED_CONFIG,
+                                                    dst_path=str(dst))
+            except Exception:  # a run logged without its config: the student's data falls back to the config's
+                log(f"[export] run {src_run} has no {layout.RESOLVED_CONFIG}; using this config's data section")
         return local, src_run
     folder = Path(source)
     if not (folder / "config.json").exists():
@@ -57,6 +69,12 @@ def student_data(student: Path, cfg: Config):
 
     resolved = layout.run_of(student) / layout.RESOLVED_CONFIG
     return load_section(resolved, "data", DataConfig) if resolved.exists() else cfg.data
+
+
+def for_student(student: Path, cfg: Config) -> Config:
+    """The config with the data section the student was trained on, whatever the source (folder, runs:/,
+    --run, models:/): parity prompts, --quant auto and the importance matrix all read the student's data."""
+    return dataclasses.replace(cfg, data=student_data(student, cfg))
 
 
 def task_prompts(student: Path, cfg: Config, n: int) -> tuple[list[str], str]:
@@ -148,6 +166,7 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     quant = check_quant(fmt, quant)
     student, source_run = resolve_source(source, run_id, cfg)
     check_student(student)
+    cfg = for_student(student, cfg)
     hf_cfg = json.loads((student / "config.json").read_text())
     if fmt == "gguf":
         gguf_mod.check_supported(hf_cfg)

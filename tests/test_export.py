@@ -157,6 +157,12 @@ def test_export_by_run_id_logs_to_that_run(tmp_path, tiny_bpe_student):
     assert "export.gguf-q8_0.top1_agreement" in run.data.metrics
     files = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"], "exports/gguf-q8_0")}
     assert {"exports/gguf-q8_0/student-q8_0.gguf", "exports/gguf-q8_0/parity.json"} <= files
+    # Without -c, the student's own run says what it was trained on: parity runs on its data, not the defaults'.
+    r = export("--run", summary["run_id"], "--format", "gguf", "--quant", "f16", "--out", str(tmp_path / "g2"),
+               f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "--no-mlflow", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "g2" / "parity.json").read_text())["prompt_source"] == "demo/test"
+    assert "name: demo" in (tmp_path / "g2" / "resolved_config.yaml").read_text()
 
 
 def test_onnx_int8_is_weight_only_and_close_to_torch(tiny_bpe_student, tmp_path):
@@ -577,3 +583,17 @@ def test_key_value_overrides_go_anywhere_on_the_command_line(tiny_bpe_student, t
     assert r.returncode == 2 and "give a SOURCE" in r.stderr and "not a student folder" not in r.stderr
     r = export(str(tiny_bpe_student), str(tmp_path), "--format", "gguf", cwd=tmp_path)
     assert r.returncode == 2 and "one SOURCE is exported at a time, and 2 were given" in r.stderr
+
+
+def test_dry_run_shows_the_students_own_data_and_an_existing_out(tiny_bpe_student, tmp_path):
+    import shutil
+
+    student = tmp_path / "run" / "student"
+    shutil.copytree(tiny_bpe_student, student)
+    (tmp_path / "run" / "resolved_config.yaml").write_text("data: {name: demo}\n")
+    (tmp_path / "run" / "exports" / "gguf-q8_0").mkdir(parents=True)
+    r = export(str(student), "--format", "gguf", "--quant", "q8_0", "--dry-run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout[r.stdout.rindex("{"):])
+    assert plan["data"] == "demo" and plan["out_exists"] == "refused without --overwrite"
+    assert "name: demo" in r.stdout and "tinyllm-obqa" not in r.stdout
