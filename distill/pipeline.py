@@ -18,6 +18,15 @@ def training_examples(cfg: Config) -> tuple[Dataset, list]:
     return ds, train
 
 
+def fingerprint_params(ds, cfg: Config, train: list) -> dict:
+    """`data.fingerprint.train`: the training rows this run used (what the Dataset input's fingerprint also
+    covers); `data.fingerprint.train_split`: the whole split they were taken from."""
+    from distill.data import fingerprint_rows
+
+    return {"data.fingerprint.train": fingerprint_rows(train),
+            "data.fingerprint.train_split": ds.fingerprint(cfg.data.train_split)}
+
+
 def generate(cfg: Config, track: bool = True, teacher_factory=None) -> dict:
     """`tinyllm-distill generate`: fill the rationale cache for every teacher and training question."""
     from distill.rationales import generate_rationales
@@ -29,7 +38,7 @@ def generate(cfg: Config, track: bool = True, teacher_factory=None) -> dict:
     log(f"[generate] {ds.name}: {len(train)} training questions x {len(cfg.teachers)} teacher(s)")
     with mlflow_run(cfg, "generate", run_name=f"generate-{ds.name}", enabled=track,
                     tags={"tinyllm.dataset": ds.name}) as run:
-        run.log_params({"data.fingerprint.train": ds.fingerprint(cfg.data.train_split)})
+        run.log_params(fingerprint_params(ds, cfg, train))
         stats, accepted = generate_rationales(cfg, ds, train, ds.split(cfg.data.train_split), log=log,
                                               teacher_factory=teacher_factory)
         report = log_generation(run, stats, accepted, out)
@@ -69,7 +78,7 @@ def distill(cfg: Config, resume: bool = False, track: bool = True) -> dict:
     tags = {"tinyllm.dataset": ds.name, "tinyllm.student": cfg.student.model,
             "tinyllm.method": "answer-only" if not cfg.teachers else "step-by-step" if len(cfg.teachers) == 1 else "tinyllm"}
     with mlflow_run(cfg, "distill", run_name=f"distill-{ds.name}", tags=tags, enabled=track) as run:
-        run.log_params({"data.fingerprint.train": ds.fingerprint(cfg.data.train_split), "data.n_train": len(train),
+        run.log_params({**fingerprint_params(ds, cfg, train), "data.n_train": len(train),
                         "data.n_eval": len(evals), "teacher_names": ",".join(t.name for t in cfg.teachers) or "none"})
         run.log_dataset(ds, cfg.data.train_split, train, "training")
         if evals:

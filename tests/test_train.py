@@ -280,6 +280,10 @@ def test_tracked_run_logs_terms_saves_student_and_changes_weights(tmp_path, tiny
     metrics = runs[0].data.metrics
     assert {"loss", "loss_answer", "loss_a", "loss_b", "lr", "tokens_per_s", "eval_accuracy_loglik"} <= set(metrics)
     assert runs[0].data.params["rationales.a"] == "24" and runs[0].data.tags["tinyllm.method"] == "tinyllm"
+    # one fingerprint, two names: the rows used (param and the Dataset input agree) and the whole split
+    training = next(d for d in runs[0].inputs.dataset_inputs if any(t.value == "training" for t in d.tags))
+    assert runs[0].data.params["data.fingerprint.train"] == training.dataset.digest
+    assert runs[0].data.params["data.fingerprint.train_split"] != training.dataset.digest  # 24 of 108 rows
     history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "loss_answer")
     assert [m.step for m in history] == [1, 2, 4, 6]
 
