@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import click
 
@@ -13,7 +14,7 @@ examples:
   tinyllm-distill run configs/quickstart.yaml --dry-run
   tinyllm-distill config configs/quickstart.yaml        # every key, its value and what it does
   tinyllm-distill generate configs/quickstart.yaml data.max_train=20
-  tinyllm-distill run configs/quickstart.yaml train.save_every=20; tinyllm-distill run configs/quickstart.yaml --resume
+  tinyllm-distill run configs/quickstart.yaml train.save_every=2; tinyllm-distill run configs/quickstart.yaml --resume
   tinyllm-distill eval configs/quickstart.yaml --model runs/quickstart/student
   tinyllm-distill run configs/paper/obqa.yaml train.lr=1e-4 teachers.0.alpha=0.5
   tinyllm-distill run configs/paper/obqa.yaml teachers=[]      # answer-only baseline
@@ -115,15 +116,36 @@ def config_cmd(config, overrides):
 @click.option("--model", help="Evaluate this model instead of student.model (a folder, .gguf or packaged name).")
 @click.option("--split", help="Which split (default: data.test_split).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log this run to MLflow.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and what would be scored, then exit; loads "
+                                             "no model.")
 @user_errors
-def eval_cmd(config, overrides, model, split, no_mlflow):
+def eval_cmd(config, overrides, model, split, no_mlflow, dry_run):
     """Accuracy of a model without training (the paper's zero-shot "inference" baseline) or of a trained student."""
-    from distill.config import load_config
+    from distill.config import dump_yaml, load_config
     from distill.pipeline import evaluate_model
 
     cfg = load_config(config, overrides)
     if model:
         cfg.student.model = model
+    if dry_run:
+        from distill.data import load_dataset
+        from distill.models import PACKAGED
+
+        target = cfg.student.model
+        hub_id = target.count("/") == 1 and not target.startswith((".", "/", "~"))  # org/name
+        if not (target in PACKAGED or Path(target).exists() or hub_id):
+            raise UserError(f"--model {target}: no such folder or file, and not a packaged model "
+                            f"({', '.join(PACKAGED)}) or hub id.")
+        which = split or cfg.data.test_split
+        ds = load_dataset(cfg.data.name, cfg.data.path)
+        if which not in ds.splits:
+            raise UserError(f"--split {which}: {ds.name} has the splits {', '.join(ds.splits)}.")
+        click.echo(dump_yaml(cfg))
+        click.echo(json.dumps({"model": target, "dataset": ds.name, "split": which,
+                               "questions": len(ds.split(which)[: cfg.data.max_test if which == cfg.data.test_split
+                                                                 else cfg.data.max_eval]),
+                               "method": cfg.train.eval_method}, indent=2))
+        return
     click.echo(json.dumps(evaluate_model(cfg, split or cfg.data.test_split, track=not no_mlflow), indent=2))
 
 
@@ -131,16 +153,23 @@ def eval_cmd(config, overrides, model, split, no_mlflow):
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--no-mlflow", is_flag=True, help="Do not log this run to MLflow.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and the plan, then exit; loads no model.")
 @user_errors
-def generate(config, overrides, no_mlflow):
+def generate(config, overrides, no_mlflow, dry_run):
     """Only the first half of a run: every training question gets a rationale from every teacher.
 
     Rationales go to an append-only cache (rationales.cache_dir); a re-run generates only what is
     missing, and a run killed part-way loses at most the requests in flight.
     """
-    from distill.config import load_config
+    from distill.config import dump_yaml, load_config
     from distill.pipeline import generate as run_generate
 
+    if dry_run:
+        cfg = load_config(config, overrides)
+        click.echo(dump_yaml(cfg))
+        p = plan(cfg)
+        click.echo(json.dumps({k: p[k] for k in ("dataset", "teachers", "rationales_to_generate")}, indent=2))
+        return
     report = run_generate(load_config(config, overrides), track=not no_mlflow)
     click.echo(json.dumps(report, indent=2))
 
