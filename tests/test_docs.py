@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DOCS = ("README.md", "mlflow/README.md", "configs/paper/README.md")
 # What the docs leave to the reader, filled in as a reader would (configs/paper/README.md sets D and S itself).
-PLACEHOLDERS = {"$D": "obqa", "$S": "google/flan-t5-small", "$a": "0.5", "<best>": "0.5",
+PLACEHOLDERS = {"$D": "obqa", "$S": "google/flan-t5-small", "$A": "teachers.0.alpha=0.5 teachers.1.alpha=0.5",
+                "$a": "0.5", "<best>": "0.5",
                 "<DISTILL_RUN_ID>": "0123456789abcdef0123456789abcdef", "<MLFLOW_RUN_ID>": "0123456789abcdef0123456789abcdef"}
 # Student folders the documented commands name, all played by one tiny student.
 STUDENTS = ("runs/quickstart/student", "runs/paper-epochs/obqa/ft-answer/student", "runs/paper/obqa/alpha-0.5/student",
@@ -122,3 +123,23 @@ def test_documented_command_runs(where, line, after_quickstart):
     assert r.returncode == 0, f"{where}: `{line}` exited {r.returncode}:\n{r.stderr[-2000:]}"
     assert "Traceback" not in r.stderr
     assert not (after_quickstart / "mlruns").exists()
+
+
+@pytest.mark.parametrize("dataset", ["obqa", "piqa"])
+def test_the_paper_alpha_loop_runs_with_two_teachers_and_with_one(dataset, tmp_path):
+    """configs/paper/README.md's α loop, run by bash as written (each command as a dry run): PIQA's recipe has
+    one teacher, and `teachers.1.alpha` used to fail there."""
+    if not SHARED_DATA.exists():
+        pytest.skip(f"{SHARED_DATA} is absent: the paper recipes read its datasets")
+    text = (REPO / "configs" / "paper" / "README.md").read_text()
+    loop = next(b for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S) if b.startswith("for a in"))
+    loop = loop[: loop.index("done") + len("done")]
+    wrapper = tmp_path / "distill-dry-run"
+    wrapper.write_text(f'#!/bin/sh\nexec "{BIN / "tinyllm-distill"}" "$@" --dry-run\n')
+    wrapper.chmod(0o755)
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    script = f"set -e\nD={dataset}; S=google/flan-t5-small; L={wrapper}\n{loop}\n"
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                       env={**os.environ, "TINYLLM_DATA_DIR": str(SHARED_DATA)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("# plan") == 6
