@@ -203,20 +203,22 @@ class ExportConfig:
     min_top1_agreement: dict[str, float] = field(
         metadata={"keys": QUANT_KEYS},
         default_factory=lambda: {"f16": 0.99, "q8_0": 0.94, "q6_k": 0.9, "q5_k_m": 0.8, "q4_k_m": 0.8, "q4_1": 0.7,
-                                 "q4_0": 0.7, "int8": 0.8, "int4": 0.7})
+                                 "q4_0": 0.7, "int8": 0.8, "int4": 0.6})
     """GGUF and ONNX int8/int4, per quant: share of positions whose top-1 token matches torch. 4-bit costs
     small models more (SmolLM2-135M, 50 OBQA prompts: f16 0.997, q8_0 0.946, q4_k_m 0.865, int8 0.980);
     override per quant, e.g. export.min_top1_agreement.q4_k_m=0.85. q5_k_m is not between q6_k and q4_k_m
     for SmolLM2 (its 576-wide rows are not a multiple of k-quants' 256, so llama.cpp falls back to other
     types): the OBQA TinyLLM student gave q6_k 0.955 / KL 0.013 but q5_k_m 0.849 / KL 0.112, so q5_k_m
     shares q4_k_m's bounds (q4_k_m itself: 0.885 / 0.055, its rows falling back to q5_0); q4_0 (every
-    matrix 4-bit) gave 0.779 / 0.253 and is bounded at 0.7 / 0.3; q6_k is set by bits per weight. These
+    matrix 4-bit) gave 0.779 / 0.253 and is bounded at 0.7 / 0.3; ONNX int4 (MatMulNBits, round-to-nearest)
+    gave 0.716 / 0.439 on the quick start's student (symmetric or not, level 0 or 4) and is bounded at
+    0.6 / 0.6; q6_k is set by bits per weight. These
     bounds catch a broken conversion (agreement near zero, KL of several nats); what a quant costs in
     accuracy is `--quant auto`'s and tinyllm-bench's to measure."""
     max_mean_kl: dict[str, float] = field(
         metadata={"keys": QUANT_KEYS},
         default_factory=lambda: {"f16": 0.01, "q8_0": 0.05, "q6_k": 0.08, "q5_k_m": 0.15, "q4_k_m": 0.15, "q4_1": 0.3,
-                                 "q4_0": 0.3, "int8": 0.15, "int4": 0.3})
+                                 "q4_0": 0.3, "int8": 0.15, "int4": 0.6})
     """Per quant: mean KL(torch || export) over all positions."""
     parity_prompts: int = 50
     """Real prompts from the student's test set used for every parity check."""
