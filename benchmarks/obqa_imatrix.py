@@ -56,7 +56,7 @@ def form_dir(quant: str, imatrix: str) -> Path:
     return STUDY / f"gguf-{quant}-{'imatrix' if imatrix == 'auto' else 'plain'}"
 
 
-def export_all(steps: list[dict]) -> None:
+def export_all(steps: list[dict], auto: bool = True) -> None:
     for quant in QUANTS:
         for im in IMATRIX:
             out = form_dir(quant, im)
@@ -66,7 +66,7 @@ def export_all(steps: list[dict]) -> None:
             sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", quant, "--imatrix", im,
                 "--out", str(out), "--no-mlflow", "--overwrite"], steps, f"export {quant} imatrix={im}", ok=(0, 1))
     out = STUDY / "gguf-auto"
-    if not ((out / "parity.json").exists() or (out / "auto.json").exists()):
+    if auto and not ((out / "parity.json").exists() or (out / "auto.json").exists()):
         sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", "auto", "--max-drop",
             f"{BUDGET_POINTS:g}", "--out", str(out), "--no-mlflow", "--overwrite"], steps, "export auto", ok=(0, 1))
 
@@ -201,13 +201,15 @@ def write(steps: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", action="store_true", help="only rewrite the md from the stored answers")
+    ap.add_argument("--no-auto", action="store_true", help="leave out the --quant auto export (its 10 candidates "
+                    "answer all 500 validation questions: the longest step)")
     args = ap.parse_args()
     if not (STUDENT / "config.json").exists():
         raise SystemExit(f"[imatrix] {STUDENT} is missing: train it first with the obqa/tinyllm command in "
                          "benchmarks/results/paper_table_cpu.md")
     steps: list[dict] = []
     if not args.write:
-        export_all(steps)
+        export_all(steps, auto=not args.no_auto)
     write(steps)
 
 

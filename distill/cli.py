@@ -48,6 +48,10 @@ def plan(cfg) -> dict:
     if cfg.train.max_steps is not None:
         steps = min(steps, cfg.train.max_steps)
     tasks = ["answer"] + [f"rationale:{t.name}" for t in cfg.teachers]
+    from distill.rationales import cached_counts
+
+    train = ds.split(cfg.data.train_split)[: cfg.data.max_train]
+    cached = cached_counts(cfg, train)  # None: a transformers teacher, whose cache keys need the model
 
     def size(split, cap):
         n = len(ds.splits.get(split, []))
@@ -61,7 +65,8 @@ def plan(cfg) -> dict:
                   "distilling step-by-step (one teacher)" if len(cfg.teachers) == 1 else f"TinyLLM ({len(cfg.teachers)} teachers)",
         "student": {"model": cfg.student.model, "lora": cfg.student.lora},
         "tasks": tasks,
-        "rationales_to_generate": n_train * sum(1 for t in cfg.teachers if t.backend != "files"),
+        "rationales_cached": cached,
+        "rationales_to_generate": sum(n_train - (c or 0) for c in cached.values()),
         "optimizer_steps": steps,
         "examples_per_step": per_step,
         "output_dir": cfg.output_dir,

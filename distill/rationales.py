@@ -172,6 +172,35 @@ def gen_params(tcfg, rcfg, chat: bool) -> dict:
             "k_shot": rcfg.k_shot, "selection": rcfg.selection, "seed": rcfg.seed}
 
 
+def cached_counts(cfg, examples: list[Example]) -> dict[str, int | None]:
+    """Per model teacher: how many of these questions already have a rationale in its cache, read without
+    loading the teacher (None where its identity needs the model: transformers)."""
+    from distill.teachers import planned_identity
+
+    out = {}
+    for tcfg in cfg.teachers:
+        if tcfg.backend == "files":
+            continue
+        planned = planned_identity(tcfg)
+        if planned is None:
+            out[tcfg.name] = None
+            continue
+        identity, chat = planned
+        params = gen_params(tcfg, cfg.rationales, chat)
+        keys = {rationale_key(identity, cfg.rationales.template, params, ex) for ex in examples}
+        path = Path(cfg.rationales.cache_dir) / f"{tcfg.name}.jsonl"
+        stored = set()
+        if path.exists():
+            with open(path, encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        stored.add(json.loads(line)["key"])
+                    except (json.JSONDecodeError, KeyError):
+                        continue  # a partial last line: the real run repairs it
+        out[tcfg.name] = len(keys & stored)
+    return out
+
+
 def _record(key, ex, teacher, text, finish, status, reason, source, tokens=0, seconds=0.0) -> dict:
     return {"key": key, "example_id": ex.id, "teacher": teacher, "text": text, "stated_answer": stated_answer(text),
             "status": status, "reason": reason, "finish_reason": finish, "source": source,

@@ -46,16 +46,42 @@ COMPLETION_STOPS = ["\n\nQ:", "\nQ:", "\n\n\n"]
 # ---------------------------------------------------------------------------------------------
 
 
+def llama_cpp_identity(path) -> str:
+    from distill.models import file_identity
+
+    return f"llama.cpp:{file_identity(path)}"
+
+
+def openai_identity(cfg: TeacherConfig) -> str:
+    return f"openai:{cfg.base_url.rstrip('/')}:{cfg.model}"
+
+
+def planned_identity(cfg: TeacherConfig) -> tuple[str, bool] | None:
+    """(identity, whether it is asked in chat form) of a teacher as it will be built, without loading it, so a
+    dry run can look up the rationale cache; None where that needs the model itself (transformers)."""
+    if cfg.backend == "llama.cpp":
+        import gguf
+
+        from distill.models import resolve_gguf
+
+        path = resolve_gguf(cfg.model)
+        has_template = "tokenizer.chat_template" in gguf.GGUFReader(str(path)).fields
+        return llama_cpp_identity(path), has_template if cfg.chat is None else cfg.chat
+    if cfg.backend == "openai" and cfg.base_url:
+        return openai_identity(cfg), True if cfg.chat is None else cfg.chat
+    return None
+
+
 class LlamaCppTeacher:
     """A GGUF file (or a packaged model name) through llama-cpp-python, in this process."""
 
     def __init__(self, cfg: TeacherConfig, threads: int | None = None, seed: int = 0):
-        from distill.models import file_identity, resolve_gguf
+        from distill.models import resolve_gguf
 
         llama_cpp = require("llama_cpp", "llama-cpp-python")
         self.cfg = cfg
         self.path = resolve_gguf(cfg.model)
-        self._identity = f"llama.cpp:{file_identity(self.path)}"
+        self._identity = llama_cpp_identity(self.path)
         self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=cfg.n_ctx, n_threads=threads or os.cpu_count(),
                                    seed=seed, verbose=False)
         has_template = bool(self.llm.metadata.get("tokenizer.chat_template"))
@@ -187,7 +213,7 @@ class OpenAITeacher:
         self.seed = seed
 
     def identity(self) -> str:
-        return f"openai:{self.base}:{self.cfg.model}"
+        return openai_identity(self.cfg)
 
     def uses_chat(self) -> bool:
         return self.chat

@@ -242,3 +242,29 @@ def test_bench_measures_time_to_first_token_by_streaming():
         httpd.server_close()
     assert timed.text == "The answer is (b)." and timed.new_tokens == 3
     assert timed.ttft_s < timed.total_s - 0.5  # the first token came a second before the rest
+
+
+def test_dry_run_counts_what_the_rationale_cache_already_holds(server_factory, tmp_path):
+    """`run --dry-run` used to plan every rationale as to be generated, even when all were cached."""
+    srv = server_factory()
+    (tmp_path / "c.yaml").write_text(f"""
+output_dir: {tmp_path}/out
+data: {{name: demo, max_train: 6}}
+rationales: {{cache_dir: {tmp_path}/cache, k_shot: 1}}
+teachers:
+  - {{name: remote, backend: openai, model: m, base_url: "{srv.url}"}}
+""")
+    distill = str(Path(sys.executable).parent / "tinyllm-distill")
+
+    def planned() -> dict:
+        r = subprocess.run([distill, "run", str(tmp_path / "c.yaml"), "--dry-run"], capture_output=True, text=True,
+                           cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.split("# plan", 1)[1])
+
+    assert planned()["rationales_to_generate"] == 6 and planned()["rationales_cached"] == {"remote": 0}
+    r = subprocess.run([distill, "generate", str(tmp_path / "c.yaml"), "data.max_train=4", "--no-mlflow"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    plan = planned()
+    assert plan["rationales_cached"] == {"remote": 4} and plan["rationales_to_generate"] == 2
