@@ -7,6 +7,7 @@ from pathlib import Path
 from distill import layout
 from distill.config import Config, write_resolved
 from distill.data import Dataset, load_dataset
+from distill.errors import UserError
 from distill.progress import log
 
 
@@ -59,6 +60,19 @@ def log_generation(run, stats, accepted, out: Path) -> dict:
     return report
 
 
+def check_resumable(cfg: Config, out: Path) -> None:
+    """--resume needs a checkpoint (a partial one a kill left restarts from step 0, as before)."""
+    from distill.checkpoints import latest_checkpoint
+
+    folder = out / layout.CHECKPOINTS
+    if latest_checkpoint(out) is None and not list(folder.glob("step-*.tmp")):
+        every = cfg.train.save_every
+        how = (f"this config saves every {every} steps, and the run that used {out} wrote none (it was shorter, or "
+               "not started)" if every else "this config sets train.save_every: 0, which writes none")
+        raise UserError(f"--resume: no checkpoint under {folder} to resume from: {how}; run without --resume, and "
+                        "to make a run resumable set train.save_every below its number of steps.")
+
+
 def distill(cfg: Config, resume: bool = False, track: bool = True) -> dict:
     """`tinyllm-distill run`: rationales from every teacher, then the multi-task student, one MLflow run."""
     from distill.rationales import generate_rationales
@@ -69,6 +83,8 @@ def distill(cfg: Config, resume: bool = False, track: bool = True) -> dict:
 
     state = PartialState(cpu=on_cpu())  # joins the process group under torchrun
     out = Path(cfg.output_dir)
+    if resume:  # before any rationale is generated or any MLflow run is started
+        check_resumable(cfg, out)
     if is_main_process():
         write_resolved(cfg, out)
     ds, train = training_examples(cfg)

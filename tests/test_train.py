@@ -493,3 +493,14 @@ def test_killed_runs_never_stay_running(tmp_path, tiny_student):
     run_cli("run", str(cfg), "train.max_steps=1", cwd=tmp_path)
     final = sorted(r.info.status for r in mlflow.search_runs(experiment_names=["test"], output_format="list"))
     assert final == ["FAILED", "FINISHED", "KILLED"]
+
+
+def test_resume_without_a_checkpoint_is_refused_before_any_work(tmp_path, tiny_student):
+    """It used to fail only after the generate stage, leaving a FAILED MLflow run, with a hint to set a key the
+    file already set."""
+    cfg = write_run_config(tmp_path, tiny_student, max_steps=2, save_every=5)
+    r = subprocess.run([str(BIN / "tinyllm-distill"), "run", str(cfg), "--resume"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 2 and "--resume: no checkpoint under" in r.stderr and "saves every 5 steps" in r.stderr
+    assert "Traceback" not in r.stderr and "[generate" not in r.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "out").exists()
