@@ -62,9 +62,12 @@ def export_all(steps: list[dict], auto: bool = True) -> None:
             out = form_dir(quant, im)
             if (out / "parity.json").exists():
                 continue
+            # The matrix depends on the student only: computed by the first imatrix export, then given to the others.
+            made = next(iter(sorted(STUDY.glob("gguf-*-imatrix/imatrix.dat"))), None) if im == "auto" else None
             # exit 1 = parity thresholds missed, files kept: still a form to measure
-            sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", quant, "--imatrix", im,
-                "--out", str(out), "--no-mlflow", "--overwrite"], steps, f"export {quant} imatrix={im}", ok=(0, 1))
+            sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", quant, "--imatrix",
+                str(made) if made else im, "--out", str(out), "--no-mlflow", "--overwrite"], steps,
+               f"export {quant} imatrix={im}", ok=(0, 1))
     out = STUDY / "gguf-auto"
     if auto and not ((out / "parity.json").exists() or (out / "auto.json").exists()):
         sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", "auto", "--max-drop",
@@ -191,7 +194,12 @@ def write(steps: list[dict]) -> None:
             if test:
                 lines += ["", f"On test (never used to choose), auto's {chosen}: {test['diff']:+.1f} "
                           f"[{test['ci'][0]:+.1f}, {test['ci'][1]:+.1f}] against torch."]
-    lines += ["", "## Commands", ""] + [f"- `{s['command']}` ({s['wall_s']} s, exit {s['rc']})" for s in all_steps]
+    lines += ["", "## Commands", "",
+              "Every form: `.venv/bin/tinyllm-export runs/paper/obqa/tinyllm/student --format gguf --quant <q> --imatrix "
+              "<none|auto> --out runs/paper/obqa/tinyllm/imatrix-study/gguf-<q>-<plain|imatrix> --no-mlflow` (after the "
+              "first, the imatrix forms are given the first one's `imatrix.dat`: the matrix depends on the student "
+              "only). Recorded steps of the last sitting:", ""] + [
+        f"- `{s['command']}` ({s['wall_s']} s, exit {s['rc']})" for s in all_steps]
     notes = RESULTS / "obqa_imatrix.md"
     keep = notes.read_text().split("<!-- notes -->", 1)[1] if notes.exists() and "<!-- notes -->" in notes.read_text() else ""
     notes.write_text("\n".join(lines) + "\n\n<!-- notes -->" + keep if keep else "\n".join(lines) + "\n")

@@ -368,8 +368,9 @@ def test_failed_run_ends_failed_not_running(tmp_path, tiny_student):
     import mlflow
 
     cfg = write_run_config(tmp_path, tiny_student)
-    r = subprocess.run([str(BIN / "tinyllm-distill"), "run", str(cfg), "--resume"], capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 2 and "no checkpoint" in r.stderr
+    (tmp_path / "a.jsonl").unlink()  # teacher a's rationale file: missing when the run reaches it
+    r = subprocess.run([str(BIN / "tinyllm-distill"), "run", str(cfg)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "a.jsonl" in r.stderr, r.stderr[-2000:]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = mlflow.search_runs(experiment_names=["test"], output_format="list")
     assert run.info.status == "FAILED"
