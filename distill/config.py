@@ -230,11 +230,12 @@ class ExportConfig:
     """--quant auto: validation questions every candidate answers (None = all). Fewer is faster but widens
     the bound the choice is held to: on 500 questions a candidate whose correctness differs from torch's on
     1 in 10 is bounded no tighter than +2.3 points, even when it loses nothing on average."""
-    imatrix: str = "auto"
+    imatrix: str = "none"
     """GGUF below 8 bits (q6_k … q4_0, and --quant auto's candidates): the importance matrix llama.cpp's
-    quantizer weighs rounding errors by. auto: computed from the torch student on its own training
-    questions (answer prompt + gold answer; skipped with a note when that data is not found), saved as
-    <out>/imatrix.dat; none: plain quantization; or a file from llama-imatrix (.dat or .gguf)."""
+    quantizer weighs rounding errors by. none (default): plain quantization. auto: computed from the torch
+    student on its own training questions (answer prompt + gold answer), saved as <out>/imatrix.dat; measured
+    to make the OBQA student worse at every 4-5 bit form (benchmarks/results/obqa_imatrix.md), so not the
+    default until that is understood. Or a file from llama-imatrix (.dat or .gguf)."""
     imatrix_questions: int = 512
     """Training questions the auto importance matrix is computed on (one forward pass each)."""
 

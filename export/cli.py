@@ -37,8 +37,9 @@ def split_source(source: str | None, overrides: tuple[str, ...]) -> tuple[str | 
 @click.option("--format", "fmt", type=click.Choice(["onnx", "gguf"]), required=True, help="Target runtime format.")
 @click.option("--quant", help="gguf: f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_1, q4_0, or auto (the smallest within --max-drop of "
               "torch's accuracy on the validation split); onnx: none, int8 or int4 (weight-only MatMulNBits, int8 compute).")
-@click.option("--imatrix", help="gguf below 8 bits: auto (default: an importance matrix from the student's own "
-              "training questions, saved as imatrix.dat), none, or a llama-imatrix file (export.imatrix).")
+@click.option("--imatrix", help="gguf below 8 bits: none (default), auto (an importance matrix from the student's "
+              "own training questions, saved as imatrix.dat; measured worse on the OBQA student), or a llama-imatrix "
+              "file (export.imatrix).")
 @click.option("--max-drop", type=float, help="--quant auto: exact-match points a GGUF may lose against torch "
               "(export.max_accuracy_drop, default 1).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (self-contained: model, tokenizer, "

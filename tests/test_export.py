@@ -514,14 +514,14 @@ def test_importance_matrix_covers_every_matmul_and_round_trips_through_llama_cpp
 
 
 def test_q4_k_m_export_uses_the_task_importance_matrix_unless_told_not_to(tiny_bpe_student, tmp_path):
-    """auto (the default): computed from the student's training questions (demo here), saved beside the export
-    and used by llama.cpp's quantizer, which then writes different 4-bit weights; none: no file."""
+    """auto: computed from the student's training questions (demo here), saved beside the export and used by
+    llama.cpp's quantizer, which then writes different 4-bit weights; none (the default): no file."""
     import shutil
 
     student = tmp_path / "run" / "student"
     shutil.copytree(tiny_bpe_student, student)
     r = export(str(student), "--format", "gguf", "--quant", "q4_k_m", "--no-mlflow", "export.parity_prompts=4",
-               "data.name=demo", "export.imatrix_questions=16", "export.min_top1_agreement.q4_k_m=0",
+               "--imatrix", "auto", "data.name=demo", "export.imatrix_questions=16", "export.min_top1_agreement.q4_k_m=0",
                "export.max_mean_kl.q4_k_m=1e9", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     with_m = tmp_path / "run" / "exports" / "gguf-q4_k_m"
@@ -530,7 +530,7 @@ def test_q4_k_m_export_uses_the_task_importance_matrix_unless_told_not_to(tiny_b
     assert report["imatrix"]["source"].startswith("auto: 16 questions of demo/train") and (with_m / "imatrix.dat").exists()
     assert "importance matrix: auto" in (with_m / "README.md").read_text()
     r = export(str(student), "--format", "gguf", "--quant", "q4_k_m", "--no-mlflow", "export.parity_prompts=4",
-               "--imatrix", "none", "--out", str(tmp_path / "plain"), "export.min_top1_agreement.q4_k_m=0",
+               "--out", str(tmp_path / "plain"), "export.min_top1_agreement.q4_k_m=0",
                "export.max_mean_kl.q4_k_m=1e9", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not (tmp_path / "plain" / "imatrix.dat").exists()
