@@ -28,14 +28,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+from obqa_student_forms import RESULTS, RUN, STUDENT  # noqa: E402  (the same student as the forms bench)
 from paper_table import BIN, paired, shown  # noqa: E402
 
 from distill.llama_runtime import cpu_model  # noqa: E402
 
-RUN = REPO / "runs" / "paper" / "obqa" / "tinyllm"
-STUDENT = RUN / "student"
 STUDY = RUN / "imatrix-study"
-RESULTS = REPO / "benchmarks" / "results"
 QUANTS = ("q4_0", "q4_1", "q4_k_m", "q5_k_m")
 IMATRIX = ("none", "auto")
 BUDGET_POINTS = 1.0
