@@ -201,6 +201,17 @@ def can_share(model) -> bool:
 def packed_token_losses(model, packs: list[Pack], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """token_losses for packed questions: per sample (sum of target cross-entropy, target count),
     samples in pack order."""
+    logits, labels, owner = packed_target_logits(model, packs, pad_id)
+    losses = F.cross_entropy(logits.float(), labels, reduction="none")
+    n = sum(len(p.samples) for p in packs)
+    sums = torch.zeros(n, device=losses.device, dtype=losses.dtype).index_add(0, owner, losses)
+    counts = torch.zeros(n, device=losses.device, dtype=torch.long).index_add(0, owner, torch.ones_like(owner))
+    return sums, counts
+
+
+def packed_target_logits(model, packs: list[Pack], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits that predict every target token of the packed questions: (logits, target ids, index of
+    the sample each belongs to, samples numbered in pack order), targets in pack order."""
     device = next(model.parameters()).device
     n = max(len(p.ids) for p in packs)
     ids = torch.tensor([p.ids + [pad_id] * (n - len(p.ids)) for p in packs], device=device)
@@ -224,11 +235,8 @@ def packed_token_losses(model, packs: list[Pack], pad_id: int) -> tuple[torch.Te
         base += len(p.samples)
     logits = target_logits(model, ids, mask, pos, torch.tensor(rows, device=device, dtype=torch.long),
                            torch.tensor(src, device=device, dtype=torch.long))
-    losses = F.cross_entropy(logits.float(), torch.tensor(labels, device=device), reduction="none")
-    owner_t = torch.tensor(owner, device=device, dtype=torch.long)
-    sums = torch.zeros(base, device=device, dtype=losses.dtype).index_add(0, owner_t, losses)
-    counts = torch.zeros(base, device=device, dtype=torch.long).index_add(0, owner_t, torch.ones_like(owner_t))
-    return sums, counts
+    return (logits, torch.tensor(labels, device=device, dtype=torch.long),
+            torch.tensor(owner, device=device, dtype=torch.long))
 
 
 def _pack_size(p: Pack) -> int:

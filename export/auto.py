@@ -44,14 +44,10 @@ def validation_questions(student: Path, cfg, n: int) -> tuple[list, str]:
 
 
 def torch_answers(model, tok, fmt, examples) -> list[str]:
-    from distill.evaluation import generate_answer
+    from distill.inference import answers
 
     progress = Progress("auto torch", len(examples), log, unit="questions")
-    out = []
-    for ex in examples:
-        out.append(generate_answer(model, tok, fmt, ex).strip().split("\n")[0].strip())
-        progress.update(1)
-    return out
+    return [a.strip() for a in answers(model, tok, [fmt.answer_prompt(ex) for ex in examples], progress=progress.update)]
 
 
 def gguf_answers(path: Path, fmt, examples, threads: int | None = None, task: str = "auto gguf") -> list[str]:

@@ -126,7 +126,7 @@ def test_generation_gets_its_prompt_on_the_students_device(tiny_student):
 
     import transformers
 
-    from distill.evaluation import generate_answer
+    from distill.inference import answers
     from distill.student import PromptFormat
 
     class OnMeta(torch.nn.Module):
@@ -141,7 +141,7 @@ def test_generation_gets_its_prompt_on_the_students_device(tiny_student):
 
     tok = transformers.AutoTokenizer.from_pretrained(tiny_student)
     model = OnMeta()
-    assert generate_answer(model, tok, PromptFormat(), load_dataset("demo").splits["test"][0]) == ""
+    assert answers(model, tok, [PromptFormat().answer_prompt(load_dataset("demo").splits["test"][0])]) == [""]
     assert model.seen == [{"meta"}]
 
 

@@ -172,20 +172,21 @@ def test_shared_prompt_never_shares_targets(tiny_student):
 def test_option_scores_shared_equal_separate(tiny_student, tmp_path, monkeypatch):
     """Option log-likelihoods computed with the prompt shared equal one row per option; the format
     (with its task position) travels with the student."""
+    from distill.inference import option_logprobs
     from distill.prompts import render_question
-    from distill.evaluation import option_scores
 
     tok = transformers.AutoTokenizer.from_pretrained(tiny_student)
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_student).eval()
     ex = load_dataset("demo").splits["test"][0]
     fmt = PromptFormat(task_position="after")
     assert fmt.answer_prompt(ex) == render_question(ex) + "\npredict: Answer:"
-    shared = option_scores(model, tok, fmt, ex)
-    import distill.evaluation
+    shared = option_logprobs(model, tok, [fmt.answer_prompt(ex)], [ex.choices])[0]
+    import distill.batching
 
-    monkeypatch.setattr(distill.evaluation, "can_share", lambda model: False)  # as for attention without 4D masks
-    separate = option_scores(model, tok, fmt, ex)
-    assert shared == pytest.approx(separate, abs=1e-5)
+    monkeypatch.setattr(distill.batching, "can_share", lambda model: False)  # as for attention without 4D masks
+    separate = option_logprobs(model, tok, [fmt.answer_prompt(ex)], [ex.choices])[0]
+    assert [c for _, c in shared] == [c for _, c in separate]
+    assert [t for t, _ in shared] == pytest.approx([t for t, _ in separate], abs=1e-5)
     fmt.save(tmp_path)
     assert PromptFormat.load(tmp_path) == fmt
     assert PromptFormat.load(tmp_path / "none") == PromptFormat()  # students saved before the field: prefix first
@@ -194,14 +195,14 @@ def test_option_scores_shared_equal_separate(tiny_student, tmp_path, monkeypatch
 def test_eval_records_length_normalised_and_summed_picks(monkeypatch):
     """The reported pick is by mean log-prob per token; the summed pick is kept beside it, and each is
     scored against gold on its own."""
-    import distill.evaluation
+    import distill.inference
     from distill.evaluation import evaluate
 
     exs = load_dataset("demo").splits["test"][:2]
     # option 0: short and likely per token; option 1: long, more total mass; the rest unlikely
-    fake = {exs[0].id: [(-2.0, 1), (-3.0, 6)], exs[1].id: [(-1.0, 1), (-4.0, 2)]}
-    monkeypatch.setattr(distill.evaluation, "option_logprobs",
-                        lambda model, tok, fmt, ex: fake[ex.id] + [(-99.0, 1)] * (len(ex.choices) - 2))
+    fake = [[(-2.0, 1), (-3.0, 6)], [(-1.0, 1), (-4.0, 2)]]
+    monkeypatch.setattr(distill.inference, "option_logprobs", lambda model, tok, prompts, options, progress: [
+        f + [(-99.0, 1)] * (len(o) - 2) for f, o in zip(fake, options)])
     model = torch.nn.Linear(1, 1)
     res = evaluate(model, None, PromptFormat(), exs, "loglik")
     assert [(p["loglik"], p["loglik_sum"]) for p in res["predictions"]] == [(1, 0), (0, 0)]
