@@ -29,7 +29,8 @@ def parse_teacher_answer(text: str, choices: tuple[str, ...]) -> int | None:
 
 
 def build_runner(spec: dict, threads: int, device: str = "cpu"):
-    from bench.runners import HFRunner, LlamaCppRunner, OpenAIRunner
+    from bench.runners import OpenAIRunner
+    from distill.inference import HFRunner, LlamaCppRunner
 
     kind = spec["kind"]
     if kind == "student-torch":
@@ -67,7 +68,7 @@ def build_runner(spec: dict, threads: int, device: str = "cpu"):
         if tcfg.backend == "llama.cpp":
             from distill.models import resolve_gguf
 
-            path = resolve_gguf(tcfg.model)
+            path = resolve_gguf(tcfg.model, f"teacher '{tcfg.name}' model:")
             runner = LlamaCppRunner(str(path), threads, n_ctx=tcfg.n_ctx)
             runner.chat = bool(runner.llm.metadata.get("tokenizer.chat_template")) if tcfg.chat is None else tcfg.chat
             return runner

@@ -68,7 +68,7 @@ def worker(folder: str, questions: int, threads: int) -> dict:
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
 
-    from bench.runners import HFRunner
+    from distill.inference import HFRunner
     from distill.data import load_dataset
     from distill.student import PromptFormat
 

@@ -4,7 +4,7 @@
 
 The packaged SmolLM2-135M-Instruct (fp32) answers the demo set's answer prompts greedily, 32 new tokens
 each (the untrained instruct model rarely stops earlier). Decode speed excludes the prompt pass:
-- bench runner (`bench.runners.HFRunner`): (new tokens - 1) / (total - time to first token), per question;
+- bench runner (`distill.inference.HFRunner`): (new tokens - 1) / (total - time to first token), per question;
 - `generate()`: 31 / (time for 32 new tokens - time for 1 new token), per question.
 The two alternate question by question, so a change in machine load hits both. Reported: the median over
 questions of each, and their ratio.
@@ -30,7 +30,7 @@ def main():
     args = ap.parse_args()
     import torch
 
-    from bench.runners import HFRunner
+    from distill.inference import HFRunner
     from distill.config import StudentConfig
     from distill.data import load_dataset
     from distill.student import PromptFormat, load_student

@@ -15,6 +15,8 @@ Importing this module does not import torch (bench's GGUF and ONNX workers use i
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 LINE_BREAK = "\n"
@@ -201,3 +203,226 @@ def answers(model, tok, prompts: Sequence[str], max_new_tokens: int = 32, batch_
             if progress:
                 progress(len(rows))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Timed single answers (bench): the runtime's own greedy loop, prefill and decode timed apart.
+
+
+@dataclass
+class Timed:
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    ttft_s: float
+    """Time to first token: prompt processing plus the first decode step."""
+    total_s: float
+
+    @property
+    def decode_tok_s(self) -> float:
+        rest = self.total_s - self.ttft_s
+        return (self.new_tokens - 1) / rest if self.new_tokens > 1 and rest > 0 else 0.0
+
+    @property
+    def prompt_tok_s(self) -> float:
+        return self.prompt_tokens / self.ttft_s if self.ttft_s > 0 else 0.0
+
+
+def stop_at(text: str, stops: list[str]) -> tuple[str, bool]:
+    for s in stops:
+        if s in text:
+            return text.split(s)[0], True
+    return text, False
+
+
+class HFRunner:
+    """transformers (torch) or optimum's ORTModel (ONNX), one question at a time as a device answers it:
+    the same greedy loop over past_key_values, for decoder-only students and encoder-decoder (T5) ones
+    (the question encoded once, the answer decoded)."""
+
+    def __init__(self, model, tok):
+        import inspect
+
+        self.model, self.tok = model, tok
+        self.device = getattr(model, "device", "cpu")  # torch on cuda, or onnxruntime's CUDA provider
+        self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        # The prompt pass needs logits at its last position only; transformers models can skip the
+        # vocabulary projection elsewhere (~20% of a SmolLM2 prompt pass on CPU). ONNX models take no such argument.
+        takes = "logits_to_keep" in inspect.signature(model.forward).parameters and not self.seq2seq
+        self._last_logits_only = {"logits_to_keep": 1} if takes else {}
+
+    def _encode(self, ids, mask):
+        """Seq2seq: the encoder's output for the question, in the form both torch and ORT models take."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        encoder = self.model.get_encoder() if hasattr(self.model, "get_encoder") else self.model.encoder
+        return BaseModelOutput(last_hidden_state=encoder(input_ids=ids, attention_mask=mask).last_hidden_state)
+
+    def _start(self):
+        import torch
+
+        return torch.tensor([[self.model.config.decoder_start_token_id]], device=self.device)
+
+    def answer(self, prompt: str, max_new_tokens: int, stops: list[str]) -> Timed:
+        import torch
+
+        ids = self.tok(prompt, return_tensors="pt")["input_ids"].to(self.device)
+        start = time.perf_counter()
+        new: list[int] = []
+        with torch.inference_mode():
+            mask = torch.ones_like(ids)
+            if self.seq2seq:
+                enc = self._encode(ids, mask)
+                out = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=self._start(), use_cache=True)
+            else:
+                out = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **self._last_logits_only)
+            ttft = None
+            for _ in range(max_new_tokens):
+                nxt = int(out.logits[0, -1].argmax())
+                if ttft is None:
+                    ttft = time.perf_counter() - start
+                if nxt == self.tok.eos_token_id:
+                    break
+                new.append(nxt)
+                if stop_at(self.tok.decode(new), stops)[1]:
+                    break
+                step = torch.tensor([[nxt]], device=mask.device)
+                if self.seq2seq:
+                    out = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=step,
+                                     past_key_values=out.past_key_values, use_cache=True)
+                else:
+                    mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+                    out = self.model(input_ids=step, attention_mask=mask, past_key_values=out.past_key_values,
+                                     use_cache=True)
+        total = time.perf_counter() - start
+        text, _ = stop_at(self.tok.decode(new, skip_special_tokens=True), stops)
+        return Timed(text, ids.shape[1], max(1, len(new)), ttft or total, total)
+
+    def option_logprobs(self, prompt: str, options: list[str]) -> list[float]:
+        """Mean log-probability per option token after the prompt (seq2seq: of the option as the decoder's
+        target, the question encoded once)."""
+        import torch
+
+        scores = []
+        p_ids = self.tok(prompt)["input_ids"]
+        with torch.inference_mode():
+            if self.seq2seq:
+                ids = torch.tensor([p_ids], device=self.device)
+                mask = torch.ones_like(ids)
+                enc = self._encode(ids, mask)
+            for opt in options:
+                o_ids = self.tok(" " + opt, add_special_tokens=False)["input_ids"]
+                if self.seq2seq:
+                    dec = torch.cat([self._start(), torch.tensor([o_ids[:-1]], device=self.device, dtype=torch.long)], 1)
+                    logits = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=dec,
+                                        use_cache=False).logits[0].float()
+                    lp = torch.log_softmax(logits, -1)
+                else:
+                    ids = torch.tensor([p_ids + o_ids], device=self.device)
+                    logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
+                    lp = torch.log_softmax(logits[len(p_ids) - 1:-1], -1)
+                targets = torch.tensor(o_ids, device=lp.device)
+                scores.append(float(lp[torch.arange(len(o_ids), device=lp.device), targets].mean()))
+        return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# llama.cpp (GGUF): greedy answers of many prompts at once, option log-likelihood, timed answers.
+
+
+def log_softmax(logits):
+    """Max-shifted log-sum-exp over a vocabulary (numpy), in float64."""
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float64)
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))
+
+
+class LlamaCppRunner:
+    """A GGUF model in llama.cpp: `answers` of many prompts (export's checks), `answer` of one, streamed
+    and timed as a device runs it (bench), and `option_logprobs`."""
+
+    def __init__(self, path: str, threads: int | None = None, n_ctx: int = 2048, chat: bool = False):
+        import os
+
+        from distill.errors import require
+
+        llama_cpp = require("llama_cpp", "llama-cpp-python")
+        # llama-cpp-python's own default decodes on half the cores
+        threads = threads or os.cpu_count()
+        self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, logits_all=False, verbose=False)
+        self.chat = chat
+        self.add_bos = self.llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
+        self.path, self.threads, self.n_ctx = path, threads, n_ctx
+
+    def answer(self, prompt: str, max_new_tokens: int, stops: list[str]) -> Timed:
+        start, ttft, chunks, n = time.perf_counter(), None, [], 0
+        if self.chat:
+            stream = self.llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_new_tokens,
+                                                     temperature=0.0, stream=True)
+            pieces = (c["choices"][0]["delta"].get("content") or "" for c in stream)
+        else:
+            stream = self.llm.create_completion(prompt, max_tokens=max_new_tokens, temperature=0.0, stream=True, stop=stops)
+            pieces = (c["choices"][0]["text"] for c in stream)
+        for piece in pieces:
+            if ttft is None:
+                ttft = time.perf_counter() - start
+            chunks.append(piece)
+            n += 1
+        total = time.perf_counter() - start
+        text, _ = stop_at("".join(chunks), stops)
+        prompt_tokens = len(self.llm.tokenize(prompt.encode(), add_bos=self.add_bos, special=True))
+        return Timed(text, prompt_tokens, max(1, n), ttft or total, total)
+
+    def answers(self, prompts: Sequence[str], max_new_tokens: int = 32,
+                progress: Callable[[int], None] | None = None) -> list[str]:
+        """Greedy answer to each prompt, up to its first line break or `max_new_tokens`.
+
+        One prompt at a time, not several sequences in one context: llama.cpp allows that (a sequence
+        id per token, one KV-cache slot each), and it was tried (benchmarks/results/eval_speed.md): on
+        the OBQA student's 4-bit file, answers are ~6 tokens after a ~110-token prompt, so the prompt
+        pass is most of the time and batching the few decode steps saved nothing (0.15-0.17 s per
+        question for 1, 4, 8 or 16 sequences on 2 AMD EPYC cores), while the larger cache's different
+        reduction order changed 1 answer in 60."""
+        out = []
+        for p in prompts:
+            r = self.llm.create_completion(p, max_tokens=max_new_tokens, temperature=0.0, stop=[LINE_BREAK])
+            out.append(r["choices"][0]["text"].split(LINE_BREAK)[0])
+            if progress:
+                progress(1)
+        return out
+
+    def option_logprobs(self, prompt: str, options: list[str]) -> list[float]:
+        """Mean log-probability per option token after the prompt, on the same context that answers: the
+        prompt is evaluated once, each option then feeds its tokens one at a time from the prompt's cache
+        (a second context with logits at every position would hold n_ctx x vocabulary floats)."""
+        import numpy as np
+
+        import llama_cpp
+
+        llm = self.llm
+        vocab = llm.n_vocab()
+
+        def last_logprobs():
+            return log_softmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,)))
+
+        p_ids = llm.tokenize(prompt.encode(), add_bos=self.add_bos, special=True)
+        llm.reset()
+        llm.eval(p_ids)
+        after_prompt = last_logprobs()
+        scores = []
+        for opt in options:
+            o_ids = llm.tokenize((" " + opt).encode(), add_bos=False, special=False)
+            llm.n_tokens = len(p_ids)  # back to the prompt: eval() drops the cache beyond it
+            total, lp = 0.0, after_prompt
+            for j, tok in enumerate(o_ids):
+                total += float(lp[tok])
+                if j + 1 < len(o_ids):
+                    llm.eval([tok])
+                    lp = last_logprobs()
+            scores.append(total / max(1, len(o_ids)))
+        return scores
+
+    def close(self):
+        self.llm.close()

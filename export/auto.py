@@ -15,7 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from distill.errors import UserError, require
+from distill.errors import UserError
 from distill.progress import Progress, log
 
 # (name, llama.cpp quantization, keep token embedding / output tensor at q8_0)
@@ -61,18 +61,14 @@ def gguf_answers(path: Path, fmt, examples, threads: int | None = None, task: st
 
 def answer_prompts(path: str, prompts: list[str], threads: int | None = None, task: str = "auto gguf") -> list[str]:
     """(child process) The first line of llama.cpp's greedy completion of each prompt."""
-    llama_cpp = require("llama_cpp", "llama-cpp-python")
-    llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_threads=threads, verbose=False)
+    from distill.inference import LlamaCppRunner
+
+    runner = LlamaCppRunner(path, threads)
     progress = Progress(task, len(prompts), log, unit="questions")
     try:
-        out = []
-        for p in prompts:
-            r = llm.create_completion(p, max_tokens=32, temperature=0.0, stop=["\n"])
-            out.append(r["choices"][0]["text"].strip().split("\n")[0].strip())
-            progress.update(1)
-        return out
+        return [a.strip() for a in runner.answers(prompts, progress=progress.update)]
     finally:
-        llm.close()
+        runner.close()
 
 
 def paired_drop(ref_correct: list[bool], cand_correct: list[bool]) -> tuple[float, float]:

@@ -97,7 +97,7 @@ def test_torch_runner_greedy_matches_generate(tiny_bpe_student):
     import torch
     import transformers
 
-    from bench.runners import HFRunner
+    from distill.inference import HFRunner
 
     tok = transformers.AutoTokenizer.from_pretrained(tiny_bpe_student)
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_bpe_student).eval()
@@ -129,7 +129,7 @@ def test_gguf_option_loglik_on_the_answering_context_matches_full_logits(tiny_gg
     import llama_cpp
     import numpy as np
 
-    from bench.runners import LlamaCppRunner
+    from distill.inference import LlamaCppRunner
 
     runner = LlamaCppRunner(str(tiny_gguf), 1)
     prompt, options = "Q: Which is a metal?\nAnswer Choices:\n(a) iron\n(b) wood\npredict: Answer:", ["iron", "wood",
@@ -216,7 +216,7 @@ def test_t5_runner_greedy_matches_generate(tmp_path):
     import torch
     import transformers
 
-    from bench.runners import HFRunner
+    from distill.inference import HFRunner
     from conftest import make_tiny_student
 
     from distill.data import load_dataset

@@ -430,8 +430,8 @@ def test_exported_gguf_served_by_llama_cpp_server_answers_as_bench_does(tiny_bpe
     import time
     import urllib.request
 
-    from bench.runners import LlamaCppRunner
     from distill.data import load_dataset
+    from distill.inference import LlamaCppRunner
     from distill.prompts import render_question
     from distill.student import PromptFormat
 
