@@ -598,6 +598,8 @@ def dump_yaml(cfg: Config) -> str:
 def write_resolved(cfg: Config, out_dir: str | os.PathLike) -> Path:
     """Write the resolved config next to an output, so every result says what made it."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output_dir {out} is a file, not a folder; set output_dir=<folder> (a new or existing folder).")
     out.mkdir(parents=True, exist_ok=True)
     path = out / layout.RESOLVED_CONFIG
     path.write_text(dump_yaml(cfg), encoding="utf-8")

@@ -486,7 +486,15 @@ def load_jsonl_folder(path: Path) -> Dataset:
                         "`tinyllm-distill data --schema`.")
     splits = {}
     for split, f in files.items():
-        splits[split] = [example_from_record(row, f"{f} line {ln}", f"{split}-{ln}") for ln, row in read_jsonl(f)]
+        rows, first_line = [], {}
+        for ln, row in read_jsonl(f):
+            ex = example_from_record(row, f"{f} line {ln}", f"{split}-{ln}")
+            if ex.id in first_line:
+                raise UserError(f"{f} line {ln}: id '{ex.id}' is already the id of line {first_line[ex.id]}; ids key the "
+                                "rationale cache and the per-question results, so give each question its own id.")
+            first_line[ex.id] = ln
+            rows.append(ex)
+        splits[split] = rows
     return Dataset("jsonl", str(path), splits)
 
 

@@ -39,15 +39,22 @@ PACKAGED = {
 """Real pretrained models that PyPI packages ship as GGUF files (offline, no hub)."""
 
 
-def resolve_gguf(name_or_path: str) -> Path:
-    """A packaged model name or a path to a .gguf file -> an existing GGUF path."""
+def resolve_gguf(name_or_path: str, what: str | None = None) -> Path:
+    """A packaged model name or a path to a .gguf file -> an existing GGUF path. `what` (e.g. "teacher 'x'
+    model:") starts the error message, so it names the setting to fix."""
     if name_or_path in PACKAGED:
         return PACKAGED[name_or_path]()
+    head = f"{what} " if what else ""
     p = Path(name_or_path).expanduser()
     if p.is_file():
+        with open(p, "rb") as fh:
+            magic = fh.read(4)
+        if magic != b"GGUF":  # llama.cpp would fail with "Failed to load model from file" and a traceback
+            raise UserError(f"{head}'{name_or_path}' is not a GGUF file (it does not start with the GGUF magic bytes); "
+                            f"give a .gguf file or a packaged model ({', '.join(PACKAGED)}).")
         return p
     raise UserError(
-        f"'{name_or_path}' is neither a packaged model ({', '.join(PACKAGED)}) nor an existing .gguf file; "
+        f"{head}'{name_or_path}' is neither a packaged model ({', '.join(PACKAGED)}) nor an existing .gguf file; "
         "give a path to a GGUF file."
     )
 

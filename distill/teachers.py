@@ -64,7 +64,7 @@ def planned_identity(cfg: TeacherConfig) -> tuple[str, bool] | None:
 
         from distill.models import resolve_gguf
 
-        path = resolve_gguf(cfg.model)
+        path = resolve_gguf(cfg.model, f"teacher '{cfg.name}' model:")
         has_template = "tokenizer.chat_template" in gguf.GGUFReader(str(path)).fields
         return llama_cpp_identity(path), has_template if cfg.chat is None else cfg.chat
     if cfg.backend == "openai" and cfg.base_url:
@@ -80,7 +80,7 @@ class LlamaCppTeacher:
 
         llama_cpp = require("llama_cpp", "llama-cpp-python")
         self.cfg = cfg
-        self.path = resolve_gguf(cfg.model)
+        self.path = resolve_gguf(cfg.model, f"teacher '{cfg.name}' model:")
         self._identity = llama_cpp_identity(self.path)
         self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=cfg.n_ctx, n_threads=threads or os.cpu_count(),
                                    seed=seed, verbose=False)

@@ -28,6 +28,34 @@ def cli(*args, cwd):
 # Bad input: one sentence naming the file or key, exit status 2, no traceback.
 
 
+def test_duplicate_ids_in_a_jsonl_split_are_one_sentence(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    row = {"id": "q7", "question": "q", "choices": ["a", "b"], "answer": 0}
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in (row, {**row, "id": "q8"}, row)) + "\n")
+    r = cli("tinyllm-distill", "data", "jsonl", "--path", str(folder), cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{folder / 'train.jsonl'} line 3: id 'q7' is already the id of line 1" in r.stderr
+
+
+def test_an_output_dir_that_is_a_file_is_one_sentence(tmp_path):
+    from distill.config import Config, write_resolved
+
+    (tmp_path / "taken").write_text("not a folder")
+    with pytest.raises(UserError, match=r"output_dir .*taken is a file, not a folder; set output_dir="):
+        write_resolved(Config(), tmp_path / "taken")
+
+
+def test_a_teacher_model_that_is_not_a_gguf_is_one_sentence(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {name: demo}\nteachers: [{name: t, backend: llama.cpp, model: notes.txt}]\n"
+                   f"output_dir: {tmp_path / 'out'}\n")
+    r = cli("tinyllm-distill", "generate", str(cfg), "--no-mlflow", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "teacher 't' model: 'notes.txt' is not a GGUF file" in r.stderr
+
+
 def test_a_utf16_data_file_is_one_sentence(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
