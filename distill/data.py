@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from distill.errors import UserError, read_utf8
+from distill.released import parse_question_block, rationale_files, stated_answer
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -375,33 +376,6 @@ def _tinyllm(prefix: str, name: str) -> Callable[[Path], Dataset]:
     return load
 
 
-def rationale_files(base: Path, split: str) -> list[Path]:
-    """`{split}_CoT_{k}.json` in k order: concatenated, one string per example in split order."""
-    files = list(base.glob(f"{split}_CoT_*.json"))
-    return sorted(files, key=lambda p: int(re.search(r"_(\d+)\.json$", p.name).group(1)))
-
-
-QUESTION_BLOCK = re.compile(r"\n\nQ: (?P<question>.*?)\nAnswer Choices:\n(?P<choices>\(a\) .*)\Z", re.S)
-STATED_ANSWER = re.compile(r"the answer is \(([a-z])\)", re.I)
-
-
-def parse_question_block(entry: str) -> tuple[str, str, list[str]] | None:
-    """Split a paper rationale string into (rationale, question, choices); None if it does not parse."""
-    head = entry.split(" llama rationale: ", 1)[0]
-    m = QUESTION_BLOCK.search(head)
-    if not m:
-        return None
-    # Options run (a), (b), … each on a new line; an option's text may itself contain "(s) ".
-    rest, choices = m.group("choices")[len("(a) "):], []
-    for letter in LETTERS[1:]:
-        text, sep, rest_next = rest.partition(f"\n({letter}) ")
-        choices.append(text)
-        if not sep:
-            break
-        rest = rest_next
-    return head[: m.start()], m.group("question"), choices
-
-
 def _piqa_train_from_rationales(path: Path) -> list[Example]:
     """PIQA's official train.jsonl is not shipped; its rationale strings hold goal and solutions in order."""
     files = rationale_files(path / "tinyllm" / "llm", "train")
@@ -415,9 +389,8 @@ def _piqa_train_from_rationales(path: Path) -> list[Example]:
                 raise UserError(f"{f} item {i}: not a 'Q: … Answer Choices: (a) … (b) …' rationale string; the PIQA "
                                 "train split cannot be rebuilt from it.")
             rationale, goal, sols = parsed
-            stated = STATED_ANSWER.search(rationale)
             out.append(Example(id=f"piqa-train-{len(out)}", question=goal, choices=tuple(sols),
-                               answer=LETTERS.index(stated.group(1).lower()) if stated else None))
+                               answer=stated_answer(rationale)))
     if labels_file.exists():
         labels = _read_labels(labels_file, len(out), files[0].parent / "train_CoT_*.json")
         disagree = [ex.id for ex, lab in zip(out, labels) if ex.answer is not None and ex.answer != lab]

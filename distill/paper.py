@@ -6,20 +6,15 @@ concatenated in k order one per example of the split, each
 """
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from distill.data import LETTERS, Example, parse_question_block, rationale_files, read_json
+from distill.data import Example, read_json
 from distill.errors import UserError
+from distill.released import LLAMA_MARK, parse_question_block, rationale_files, stated_answer
 
 PAPER_TEACHERS = ("flan-t5-xl", "llama-2-7b")
 """The two teachers whose rationales the paper released (PIQA has only flan-t5-xl)."""
-
-LLAMA_MARK = " llama rationale: "
-# "the answer is (b)", "the answer is: (b)", "the answer is b." — a bare letter only when the sentence ends there.
-STATED_ANSWER = re.compile(r"the answer is:?\s*(?:\(([a-z])\)|([a-z])(?=\s*[.,;]|\s*$))", re.I)
-
 
 @dataclass
 class Rationale:
@@ -33,12 +28,6 @@ class Rationale:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def stated_answer(text: str) -> int | None:
-    """The last "the answer is (x)" in a rationale, as a choice index."""
-    found = STATED_ANSWER.findall(text)
-    return LETTERS.index("".join(found[-1]).lower()) if found else None
 
 
 def _normalise(s: str) -> str:

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from distill.data import Example
 from distill.errors import UserError
-from distill.paper import stated_answer
+from distill.released import stated_answer
 from distill.progress import Progress
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def validation_questions(student: Path, cfg, n: int) -> tuple[list, str]:
     """The student's validation questions: its dataset's `valid` split, or data.eval_split when that is
     not the test split."""
     from distill.data import load_dataset
-    from export.pipeline import student_data
+    from export.source import student_data
 
     data = student_data(student, cfg)
     ds = load_dataset(data.name, data.path)
@@ -92,7 +92,7 @@ def choose(f16: Path, out_dir: Path, student: Path, model, tok, cfg, questions: 
     certified within budget as `student-<name>.gguf`: the one-sided 95% upper bound of its paired drop
     against torch, not the point estimate, must be at most the budget, so the choice carries the noise of
     the questions it rests on. Returns the measurements (raises NoCandidateFits after writing nothing else)."""
-    from distill.student import PromptFormat, exact_match
+    from distill.student import PromptFormat, answer_is_right
     from export.gguf import quantize
     from export.imatrix import BELOW_8_BITS
 
@@ -102,8 +102,7 @@ def choose(f16: Path, out_dir: Path, student: Path, model, tok, cfg, questions: 
     log(f"[export] --quant auto: {len(CANDIDATES)} candidates on {len(examples)} questions of {where}, "
         f"budget {budget:g} point(s) of exact match below torch (95% upper bound of the paired drop)")
     ref = torch_answers(model, tok, fmt, examples)
-    gold = [ex.answer_text for ex in examples]
-    ref_correct = [exact_match(a, g) for a, g in zip(ref, gold)]
+    ref_correct = [answer_is_right(a, ex) for a, ex in zip(ref, examples)]
     torch_em = 100 * sum(ref_correct) / len(examples)
     files = []
     for name, quant, keep_q8 in CANDIDATES:
@@ -122,7 +121,7 @@ def choose(f16: Path, out_dir: Path, student: Path, model, tok, cfg, questions: 
             log(f"[export] auto {name}: the same bytes as {base['name']}, its measurements reused")
             continue
         answers = gguf_answers(path, fmt, examples, task=f"auto {name}")
-        correct = [exact_match(a, g) for a, g in zip(answers, gold)]
+        correct = [answer_is_right(a, ex) for a, ex in zip(answers, examples)]
         em = 100 * sum(correct) / len(examples)
         drop, upper = paired_drop(ref_correct, correct)
         rec = {"name": name, "quant": quant, "embeddings_q8_0": keep_q8, "size_bytes": size, "em": round(em, 2),

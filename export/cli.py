@@ -78,7 +78,7 @@ def main(source, overrides, fmt, quant, imatrix, max_drop, out, run_id, config, 
     student = Path(source) if source and Path(source).is_dir() else layout.student_dir(cfg.output_dir)
     out_dir = Path(out) if out else layout.export_dir(student, fmt, quant)
     if dry_run:
-        from export.pipeline import for_student
+        from export.source import for_student
 
         local = source and (Path(source) / "config.json").exists()
         shown = for_student(Path(source), cfg) if local else cfg  # the data the real export reads

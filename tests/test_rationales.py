@@ -12,7 +12,7 @@ from distill.config import load_config
 from distill.data import Dataset, Example
 from distill.errors import UserError
 from distill.prompts import DemoPicker, teacher_prompt
-from distill.paper import stated_answer
+from distill.released import stated_answer
 from distill.rationales import RationaleStore, check_rationale, generate_rationales, rationale_key
 from distill.teachers import Generation
 

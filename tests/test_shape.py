@@ -1,4 +1,4 @@
-"""The codebase's shape: no import cycle among distill/ modules (lazy imports included), export/ and bench/
+"""The codebase's shape: no import cycle within distill/, export/ or bench/ (lazy imports included), export/ and bench/
 use only distill's public names, and every module says in its first line what it owns.
 
 Run: pytest tests/test_shape.py
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,22 +24,24 @@ def imports(path: Path) -> list[tuple[str, list[str]]]:
     return out
 
 
-def distill_graph() -> dict[str, set[str]]:
+def package_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (lazy imports included)."""
     graph = {}
-    for f in sorted((REPO / "distill").glob("*.py")):
-        me = f"distill.{f.stem}"
+    for f in sorted((REPO / package).glob("*.py")):
+        me = f"{package}.{f.stem}"
         deps = set()
         for module, names in imports(f):
-            if module == "distill":
-                deps |= {f"distill.{n}" for n in names}
-            elif module.startswith("distill."):
+            if module == package:
+                deps |= {f"{package}.{n}" for n in names}
+            elif module.startswith(package + "."):
                 deps.add(module)
         graph[me] = deps - {me}
     return graph
 
 
-def test_no_import_cycle_among_distill_modules():
-    graph = distill_graph()
+@pytest.mark.parametrize("package", ["distill", "export", "bench"])
+def test_no_import_cycle_within_a_package(package):
+    graph = package_graph(package)
     state: dict[str, int] = {}
 
     def visit(node: str, path: list[str]) -> None:
