@@ -278,7 +278,8 @@ def step_loss_terms(model, samples: list[Sample], pad_id: int, alphas: dict[str,
     but the last runs in, so gradients are reduced across processes once per step.
     """
     totals = token_totals or count_targets(samples)
-    sums = {t: 0.0 for t in totals}
+    tasks = list(totals)
+    sums = None  # per task, on the device: read back once, after the last pass
     plan = micro_batch_plan(model, samples, max_tokens, share_prompt)
     weights = [1.0] * len(plan)
     if len(plan) < min_passes:
@@ -287,14 +288,18 @@ def step_loss_terms(model, samples: list[Sample], pad_id: int, alphas: dict[str,
     for k, ((mb, flat), weight) in enumerate(zip(plan, weights)):
         with defer_sync() if defer_sync and k < len(plan) - 1 else contextlib.nullcontext():
             loss_sums, _ = (token_losses if flat is mb else packed_token_losses)(model, mb, pad_id)
-            objective = sum(alphas.get(s.task, 0.0) / max(1, totals.get(s.task, 0)) * loss_sums[i]
-                            for i, s in enumerate(flat)) * (scale * weight)
+            w = torch.tensor([alphas.get(s.task, 0.0) / max(1, totals.get(s.task, 0)) for s in flat],
+                             device=loss_sums.device, dtype=loss_sums.dtype)
+            objective = (w * loss_sums).sum() * (scale * weight)
             if backward is not None:
                 backward(objective)
         if weight:
-            for i, s in enumerate(flat):
-                sums[s.task] += float(loss_sums[i].detach())
-    return {t: sums[t] / totals[t] for t in totals if totals[t]}
+            owner = torch.tensor([tasks.index(s.task) for s in flat], device=loss_sums.device)
+            part = torch.zeros(len(tasks), device=loss_sums.device, dtype=loss_sums.dtype).index_add(
+                0, owner, loss_sums.detach())
+            sums = part if sums is None else sums + part
+    per_task = sums.tolist() if sums is not None else [0.0] * len(tasks)
+    return {t: per_task[k] / totals[t] for k, t in enumerate(tasks) if totals[t]}
 
 
 def count_targets(samples: list[Sample]) -> dict[str, int]:
