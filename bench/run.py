@@ -116,7 +116,10 @@ def score(preds: list[dict]) -> dict:
     """Accuracy (with 95% CI) and latency figures from per-question records."""
     n = len(preds)
     out = {"n": n}
-    for m in ("generate", "loglik"):
+    if preds and "em" in preds[0]:  # students: the paper's exact match
+        k = sum(p["em"] for p in preds)
+        out["accuracy_em"], out["ci95_em"] = k / n, list(wilson(k, n))
+    for m in ("option_match", "loglik"):
         key = f"pred_{m}"
         if preds and key in preds[0]:
             k = sum(1 for p in preds if p[key] == p["gold"])
@@ -203,10 +206,11 @@ def bench(cfg: Config, student: Path | None, out: Path, track: bool = True) -> d
                 "warmup": cfg.bench.warmup, "hardware": hardware(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "method": ("Each contestant runs in its own process with a fixed thread count; after warm-up "
                            "questions (not timed), every test question is answered once, greedily, and timed: latency "
-                           "figures are medians/p95 over those timed questions. Students answer with their answer prefix "
-                           "(exact match to an option text); teachers answer zero-shot chain-of-thought, parsed for 'the "
-                           "answer is (x)' or the option they name last. Log-likelihood accuracy scores each option's "
-                           "mean token log-prob.")}
+                           "figures are medians/p95 over those timed questions. Students answer with their answer prefix: "
+                           "EM (the paper's metric) counts an answer whose first line is the gold option's text, option "
+                           "match one that names the gold option (its text, a leading '(b)' or a prefix). Teachers "
+                           "answer zero-shot chain-of-thought, parsed for 'the answer is (x)' or the option they name "
+                           "last: option match only. Log-likelihood accuracy scores each option's mean token log-prob.")}
         report = write_report(results, meta, out)
         log_bench_metrics(run, report, out)
     return report
@@ -232,7 +236,7 @@ def log_bench_metrics(run, report: dict, out: Path) -> None:
     for r in report["contestants"]:
         key = r["name"].replace(":", "_")
         metrics = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and k in ("accuracy_generate", "accuracy_loglik", "p50_s", "p95_s", "ttft_p50_s", "decode_tok_s_p50",
+                   and k in ("accuracy_em", "accuracy_option_match", "accuracy_loglik", "p50_s", "p95_s", "ttft_p50_s", "decode_tok_s_p50",
                              "prompt_tok_s_p50", "peak_rss_mb", "size_bytes", "speedup_vs_largest_teacher")}
         run.log_metrics({f"{key}.{k}": v for k, v in metrics.items() if not math.isnan(v)})
         run.set_tags({f"tinyllm.bench.{key}.status": r["status"]})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 def parse_teacher_answer(text: str, choices: tuple[str, ...]) -> int | None:
     """A CoT answer: its last "the answer is (x)", else the option whose text it names last."""
-    from distill.paper import stated_answer
+    from distill.released import stated_answer
 
     stated = stated_answer(text)
     if stated is not None and stated < len(choices):
@@ -90,7 +90,7 @@ def main(spec_file: str) -> None:
     from distill.data import load_dataset
     from distill.prompts import render_question
     from distill.progress import Progress, log
-    from distill.student import PromptFormat, match_option
+    from distill.student import PromptFormat, answer_is_right, match_option
 
     spec = json.loads(Path(spec_file).read_text())
     cfg = load_config(spec["config"])
@@ -116,11 +116,17 @@ def main(spec_file: str) -> None:
     with open(out / "predictions.jsonl", "w") as fh:
         for ex in questions:
             t = ask(ex)
-            pred = match_option(t.text, ex.choices) if student else parse_teacher_answer(t.text, ex.choices)
-            rec = {"id": ex.id, "gold": ex.answer, "generated": t.text, "pred_generate": pred,
+            rec = {"id": ex.id, "gold": ex.answer, "generated": t.text,
                    "ttft_s": t.ttft_s, "total_s": t.total_s, "new_tokens": t.new_tokens, "prompt_tokens": t.prompt_tokens,
                    "decode_tok_s": t.decode_tok_s, "prompt_tok_s": t.prompt_tok_s}
-            if loglik:
+            if ex.choices:
+                rec["pred_option_match"] = match_option(t.text, ex.choices) if student else \
+                    parse_teacher_answer(t.text, ex.choices)
+            if student or not ex.choices:  # a teacher's chain of thought is not meant to be an option's text
+                rec["em"] = int(answer_is_right(t.text, ex, first_line=student))
+            if not ex.choices:
+                rec["target"] = ex.target
+            if loglik and ex.choices:
                 prompt = fmt.answer_prompt(ex) if student else render_question(ex) + "\nAnswer:"
                 scores = runner.option_logprobs(prompt, list(ex.choices))
                 rec["pred_loglik"] = max(range(len(scores)), key=scores.__getitem__)

@@ -81,6 +81,8 @@ def bench_all(names: list[str], steps: list[dict]) -> None:
 
 def correct(pred_file: Path, key: str) -> str:
     preds = [json.loads(line) for line in pred_file.read_text().splitlines()]
+    if key == "em":
+        return "".join("1" if p["em"] else "0" for p in preds)
     return "".join("1" if p[key] == p["gold"] else "0" for p in preds)
 
 
@@ -99,8 +101,10 @@ def merge(names: list[str]) -> dict:
     for r in report["contestants"]:
         if r["status"] != "ok":
             continue
-        for m in ("generate", "loglik"):
-            a, b = correct(Path(r["predictions"]), f"pred_{m}"), correct(Path(base["predictions"]), f"pred_{m}")
+        # a teacher's chain of thought has no EM: it is compared with the torch student by option match
+        for m in ("em", "loglik") if r["role"] == "student" else ("option_match", "loglik"):
+            key = m if m == "em" else f"pred_{m}"
+            a, b = correct(Path(r["predictions"]), key), correct(Path(base["predictions"]), key)
             d, lo, hi, p = paired(a, b)
             r[f"paired_{m}"] = {"diff_points": round(100 * d, 2), "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
                                 "mcnemar_p": round(p, 4)}
@@ -135,7 +139,7 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
     students = [r for r in rows if r["role"] == "student"]
     torch_row = next(r for r in students if r["name"] == "student-torch")
     auto = json.loads((RUN / "exports" / "gguf-auto" / "parity.json").read_text())["auto"]
-    within = sorted((r for r in students if r["paired_generate"]["diff_points"] >= -BUDGET_POINTS),
+    within = sorted((r for r in students if r["paired_em"]["diff_points"] >= -BUDGET_POINTS),
                     key=lambda r: r["size_bytes"])
     smallest = within[0]
     meta = report["meta"]
@@ -149,17 +153,16 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
         f"**How.** `.venv/bin/python benchmarks/obqa_student_forms.py` (exports, then one `tinyllm-bench` per "
         f"contestant, then the merge; every command below). {meta['hardware']}; {meta['threads']} threads per "
         f"runtime; {meta['warmup']} warm-up questions untimed; each of the {meta['questions']} questions answered once, "
-        "greedily, and timed; nothing else running. EM = bench's generated-answer accuracy: the generated first "
-        "line names the gold option (its text up to case and punctuation, a leading '(b)', or a line starting with "
-        "the option's text) — a little more lenient than the paper's strict exact match, which the distill run "
-        "reports (`accuracy_em`: 38.4% for this student against 38.8% here); loglik = the option with the highest mean token log-probability. Paired differences are "
+        "greedily, and timed; nothing else running. EM = the paper's exact match: the generated first line is the "
+        "gold option's text (students; the teachers' chains of thought are scored by option match, the option they "
+        "name); loglik = the option with the highest mean token log-probability. Paired differences are "
         "against the torch student on the same questions (95% CI of the mean paired difference; exact McNemar p). "
         f"MLflow: one run holds the merged figures (`bench-obqa-forms`, run id `{run_id}`).", "",
         f"**Smallest form within {BUDGET_POINTS:g} EM point of torch** (point estimate of the paired difference): "
-        f"**{smallest['name']}**, {mb(smallest['size_bytes'])} MB, EM {100 * smallest['accuracy_generate']:.1f}% "
-        f"against torch's {100 * torch_row['accuracy_generate']:.1f}% "
-        f"(paired {smallest['paired_generate']['diff_points']:+.1f} [{smallest['paired_generate']['ci95'][0]:+.1f}, "
-        f"{smallest['paired_generate']['ci95'][1]:+.1f}]).", "",
+        f"**{smallest['name']}**, {mb(smallest['size_bytes'])} MB, EM {100 * smallest['accuracy_em']:.1f}% "
+        f"against torch's {100 * torch_row['accuracy_em']:.1f}% "
+        f"(paired {smallest['paired_em']['diff_points']:+.1f} [{smallest['paired_em']['ci95'][0]:+.1f}, "
+        f"{smallest['paired_em']['ci95'][1]:+.1f}]).", "",
         f"**`--quant auto --max-drop {BUDGET_POINTS:g}`** chose **{auto['chosen']}** on {auto['questions']} questions "
         f"of {auto['split']} (never the test split; torch EM there {auto['torch_em']:.1f}%):", "",
         "| candidate | size MB | valid EM % | drop (points) | same answer as torch | |", "|---|---:|---:|---:|---:|---|"]
@@ -180,9 +183,10 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
         return f"{p['diff_points']:+.1f} [{p['ci95'][0]:+.1f}, {p['ci95'][1]:+.1f}] ({p['mcnemar_p']:.2g})"
 
     for r in sorted(rows, key=lambda r: (r["role"] != "student", -(r.get("size_bytes") or 0))):
-        lo, hi = r["ci95_generate"]
-        lines.append(f"| {r['name']} | {r['runtime']} | {mb(r.get('size_bytes'))} | {100 * r['accuracy_generate']:.1f} "
-                     f"[{100 * lo:.1f}–{100 * hi:.1f}] | {pair(r, 'generate')} | {100 * r['accuracy_loglik']:.1f} | "
+        m = "em" if "accuracy_em" in r else "option_match"
+        lo, hi = r[f"ci95_{m}"]
+        lines.append(f"| {r['name']} | {r['runtime']} | {mb(r.get('size_bytes'))} | {100 * r[f'accuracy_{m}']:.1f} "
+                     f"[{100 * lo:.1f}–{100 * hi:.1f}]{'' if m == 'em' else ' (option match)'} | {pair(r, m)} | {100 * r['accuracy_loglik']:.1f} | "
                      f"{pair(r, 'loglik')} | {r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['decode_tok_s_p50']:.1f} | "
                      f"{r.get('peak_rss_mb', float('nan')):.0f} |")
     kv = kv_cache_bytes()

@@ -163,14 +163,16 @@ class TrainConfig:
     """Seed for initialisation of new weights, data order and dropout."""
     eval_method: Literal["loglik", "generate", "both"] = "both"
     """loglik: option log-likelihood (fast, one forward per question); generate: greedy answer, scored
-    by exact match to the gold option's text (the paper's metric, slower); both."""
+    by `em`, exact match to the gold option's text (the paper's metric), and by `option_match`, the
+    option it names; both (the log-likelihood pass then also settles most greedy answers)."""
     epoch_eval: bool = False
     """At the end of every epoch, save the student and evaluate it on data.eval_split and
     data.test_split; the saved student is then the epoch best on data.eval_split (`select_by`).
     The test split is only reported, never used to choose. Curves go to epochs.json and MLflow."""
-    select_by: Literal["loglik", "loglik_sum", "em", "generate"] = "em"
-    """With epoch_eval: the eval-split accuracy that picks the epoch (em = the paper's exact match;
-    needs eval_method generate or both; loglik needs loglik or both)."""
+    select_by: Literal["loglik", "loglik_sum", "em", "option_match"] = "em"
+    """With epoch_eval: the eval-split accuracy that picks the epoch (em = the paper's exact match,
+    option_match = the answer names the gold option; both need eval_method generate or both; loglik
+    needs loglik or both)."""
 
 
 @dataclass
@@ -581,7 +583,7 @@ def validate(cfg: Config) -> None:
             raise UserError(f"train.epoch_eval picks the epoch on data.eval_split, which is the test split "
                             f"('{cfg.data.test_split}') here; set data.eval_split=valid so the test split is only "
                             "reported.")
-        needs = {"loglik": "loglik", "loglik_sum": "loglik", "em": "generate", "generate": "generate"}[tc.select_by]
+        needs = {"loglik": "loglik", "loglik_sum": "loglik", "em": "generate", "option_match": "generate"}[tc.select_by]
         if tc.eval_method not in (needs, "both"):
             raise UserError(f"train.select_by={tc.select_by} needs train.eval_method={needs} or both "
                             f"(it is {tc.eval_method}).")

@@ -91,6 +91,9 @@ def distill(cfg: Config, resume: bool = False, track: bool = True) -> dict:
     evals = ds.splits.get(cfg.data.eval_split, [])
     if cfg.data.max_eval is not None:
         evals = evals[: cfg.data.max_eval]
+    from distill.evaluation import check_method
+
+    check_method(evals, cfg.train.eval_method)  # before any rationale is generated or any step trained
     tags = {"tinyllm.dataset": ds.name, "tinyllm.student": cfg.student.model,
             "tinyllm.method": "answer-only" if not cfg.teachers else "step-by-step" if len(cfg.teachers) == 1 else "tinyllm"}
     with mlflow_run(cfg, "distill", run_name=f"distill-{ds.name}", tags=tags, enabled=track) as run:
@@ -154,15 +157,16 @@ def register_student(run, name: str) -> None:
 
 def evaluate_model(cfg: Config, split: str, track: bool = True) -> dict:
     """`tinyllm-distill eval`: accuracy of cfg.student.model on a split, with no training."""
-    from distill.tracking import mlflow_run
-    from distill.evaluation import evaluate
+    from distill.evaluation import check_method, evaluate
     from distill.student import PromptFormat, load_student, prompt_format
+    from distill.tracking import mlflow_run
 
     ds = load_dataset(cfg.data.name, cfg.data.path)
     examples = ds.split(split)
     cap = cfg.data.max_test if split == cfg.data.test_split else cfg.data.max_eval
     if cap is not None:
         examples = examples[:cap]
+    check_method(examples, cfg.train.eval_method)
     model, tok, identity = load_student(cfg.student)
     folder = Path(cfg.student.model)
     fmt = PromptFormat.load(folder) if (folder / layout.PROMPT_FORMAT).exists() else prompt_format(cfg.student, model)

@@ -147,3 +147,38 @@ def exact_match(generated: str, gold: str) -> bool:
     """The paper's metric: the generated answer's first line is the gold option's text (surrounding
     whitespace aside). Stricter than `match_option`, which also takes a leading '(b)' or a prefix."""
     return generated.strip().split("\n")[0].strip() == gold.strip()
+
+
+NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+
+
+def normalise_number(text: str) -> str | None:
+    """A number as GSM8K's and SVAMP's scripts compare them: no thousands commas or dollar sign, and
+    integral values without a decimal part ("1,000.00" -> "1000"); None if it is not a number."""
+    t = text.strip().replace(",", "").replace("$", "").rstrip(".")
+    try:
+        x = float(t)
+    except ValueError:
+        return None
+    return str(int(x)) if x.is_integer() else repr(x)
+
+
+def final_number(text: str) -> str | None:
+    """The last number in a text, normalised: what a free-form numeric answer (or a chain of thought ending
+    "… so the answer is 72.") answers."""
+    found = NUMBER.findall(text)
+    return normalise_number(found[-1]) if found else None
+
+
+def answer_is_right(generated: str, ex: Example, first_line: bool = True) -> bool:
+    """EM, one rule for every task: multiple choice, the paper's exact match (`exact_match`); free-form,
+    the final answer equals the gold one — the last number of the answer for numeric golds (GSM8K, SVAMP,
+    normalised as their scripts do), else the text itself. `first_line`: read the answer's first line
+    only (a student's answer; a teacher's chain of thought is read whole)."""
+    if ex.choices:
+        return exact_match(generated, ex.answer_text)
+    text = generated.strip().split("\n")[0] if first_line else generated
+    gold = normalise_number(ex.target or "")
+    if gold is not None:
+        return final_number(text) == gold
+    return text.strip() == (ex.target or "").strip()

@@ -25,12 +25,16 @@ def test_wilson_interval_known_values():
 
 
 def test_score_on_fixed_predictions():
-    preds = [{"gold": g, "pred_generate": p, "pred_loglik": l, "total_s": t, "ttft_s": t / 2, "decode_tok_s": 10.0,
-              "prompt_tok_s": 100.0} for g, p, l, t in [(0, 0, 0, 1.0), (1, None, 1, 2.0), (2, 2, 0, 3.0), (3, 1, 3, 4.0)]]
+    preds = [{"gold": g, "pred_option_match": p, "em": e, "pred_loglik": l, "total_s": t, "ttft_s": t / 2,
+              "decode_tok_s": 10.0, "prompt_tok_s": 100.0}
+             for g, p, e, l, t in [(0, 0, 1, 0, 1.0), (1, None, 0, 1, 2.0), (2, 2, 0, 0, 3.0), (3, 1, 0, 3, 4.0)]]
     s = score(preds)
-    assert s["n"] == 4 and s["accuracy_generate"] == 0.5 and s["accuracy_loglik"] == 0.75
-    assert s["unanswered_generate"] == 1
-    assert s["ci95_generate"] == pytest.approx(list(wilson(2, 4)))
+    # the third answer names the gold option without being its exact text: option match, not EM
+    assert s["n"] == 4 and s["accuracy_option_match"] == 0.5 and s["accuracy_em"] == 0.25
+    assert s["accuracy_loglik"] == 0.75 and s["unanswered_option_match"] == 1
+    assert s["ci95_option_match"] == pytest.approx(list(wilson(2, 4)))
+    assert s["ci95_em"] == pytest.approx(list(wilson(1, 4)))
+    assert "accuracy_em" not in score([{k: v for k, v in p.items() if k != "em"} for p in preds])  # teachers
     assert s["p50_s"] == 2.5 and s["p95_s"] == pytest.approx(3.85)
     assert percentile([5.0], 0.95) == 5.0
 
@@ -284,3 +288,68 @@ def test_bench_refuses_what_the_real_run_would_refuse_before_any_work(tiny_bpe_s
         r = bench(*args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
     assert not (tmp_path / "run" / "bench").exists()  # nothing was run
+
+
+def test_a_free_form_student_through_distill_export_and_bench(tmp_path):
+    """Free-form numeric questions (GSM8K-style): trained with generation scored by the final number, option
+    log-likelihood refused in one sentence, exported to GGUF with --quant auto on validation, benched as
+    torch and GGUF: every record scored by EM of the final answer, none by options."""
+    from conftest import make_tiny_bpe_student
+
+    rows = {split: [{"id": f"{split}-{i}", "question": f"What is {i} plus {i + 1}?", "answer": str(2 * i + 1)}
+                    for i in range(k)] for split, k in (("train", 8), ("valid", 6), ("test", 5))}
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, rs in rows.items():
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    student = make_tiny_bpe_student(tmp_path / "s", [r["question"] + " " + r["answer"] for rs in rows.values()
+                                                     for r in rs] + ["predict: Answer: 0123456789"])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""output_dir: {tmp_path / 'run'}
+data: {{name: jsonl, path: {data}, eval_split: valid}}
+teachers: []
+student: {{model: {student}}}
+train: {{batch_size: 4, max_steps: 2, lr: 1.0e-3, eval_method: generate}}
+export: {{parity_prompts: 3}}
+bench: {{limit: 4, threads: 1, warmup: 0}}
+""")
+
+    def run(*cmd, code=0):
+        r = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+        assert r.returncode == code, r.stderr[-3000:]
+        return r
+
+    refused = run("tinyllm-distill", "run", str(cfg), "train.eval_method=both", "--no-mlflow", code=2)
+    assert "Traceback" not in refused.stderr and "set train.eval_method=generate" in refused.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any step
+    run("tinyllm-distill", "run", str(cfg), "--no-mlflow")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "accuracy_em" in summary and "accuracy_option_match" not in summary and "accuracy_loglik" not in summary
+    r = run("tinyllm-export", str(tmp_path / "run" / "student"), "--format", "gguf", "--quant", "auto", "--max-drop",
+            "100", "-c", str(cfg), "--no-mlflow")
+    auto = json.loads((tmp_path / "run" / "exports" / "gguf-auto" / "parity.json").read_text())["auto"]
+    assert auto["split"] == "jsonl/valid" and auto["questions"] == 6 and auto["chosen"]
+    gguf = next((tmp_path / "run" / "exports" / "gguf-auto").glob("student-*.gguf"))
+    run("tinyllm-bench", "-c", str(cfg), "--contestants", f"student-torch,student-gguf-auto-{auto['chosen']}", "--no-mlflow")
+    report = json.loads((tmp_path / "run" / "bench" / "report.json").read_text())
+    assert {r["name"]: r["status"] for r in report["contestants"]} == {
+        "student-torch": "ok", f"student-gguf-auto-{auto['chosen']}": "ok"}
+    for r in report["contestants"]:
+        assert "accuracy_em" in r and "accuracy_option_match" not in r and "accuracy_loglik" not in r
+        preds = [json.loads(x) for x in (tmp_path / "run" / "bench" / "contestants" / r["name"] /
+                                          "predictions.jsonl").read_text().splitlines()]
+        assert len(preds) == 4 and all(p["target"] == str(2 * i + 1) for i, p in enumerate(preds))
+    assert gguf.exists()
+
+
+def test_free_form_answers_are_scored_by_their_final_number():
+    from distill.data import Example
+    from distill.student import answer_is_right, final_number
+
+    ex = Example(id="g", question="q", target="1000")
+    assert answer_is_right(" 1,000", ex) and answer_is_right("$1000.00", ex) and answer_is_right("it is 1000.", ex)
+    assert not answer_is_right(" 100", ex) and not answer_is_right("", ex)
+    assert not answer_is_right("1\n1000", ex)  # a student's answer is its first line
+    assert answer_is_right("2 + 998 = 1000.\nSo the answer is 1000.", ex, first_line=False)  # a chain of thought
+    assert final_number("about -3.50 degrees") == "-3.5" and final_number("none") is None
+    assert answer_is_right("Paris", Example(id="t", question="q", target="Paris"))  # non-numeric free-form

@@ -60,7 +60,7 @@ def test_every_epoch_is_scored_and_the_student_is_the_best_on_valid(tmp_path, ti
     for rec in records:
         for split, n in (("valid", 8), ("test", 8)):
             assert rec[split]["n"] == n
-            assert set(rec[split]) >= {"accuracy_loglik", "accuracy_loglik_sum", "accuracy_em", "accuracy_generate"}
+            assert set(rec[split]) >= {"accuracy_loglik", "accuracy_loglik_sum", "accuracy_em", "accuracy_option_match"}
             assert rec[f"{split}_correct"]["loglik"].count("1") == round(rec[split]["accuracy_loglik"] * n)
     best = max(records, key=lambda r: (r["valid"]["accuracy_loglik"], -r["step"]))
     summary = json.loads(r.stdout)
@@ -156,6 +156,6 @@ def test_evaluate_scores_generation_by_exact_match(tiny_student):
     res = evaluate(model, tok, PromptFormat(task_position="after"), exs, "both")
     assert res["accuracy_em"] == sum(exact_match(p["generated"], ex.answer_text)
                                      for p, ex in zip(res["predictions"], exs)) / 4
-    assert {"accuracy_loglik", "accuracy_loglik_sum", "accuracy_generate"} <= set(res)
+    assert {"accuracy_loglik", "accuracy_loglik_sum", "accuracy_option_match"} <= set(res)
     assert set(evaluate(model, tok, PromptFormat(), exs, "loglik")) == {"n", "predictions", "accuracy_loglik",
                                                                         "accuracy_loglik_sum"}

@@ -157,8 +157,8 @@ def test_run_comparison_in_headless_chromium(tmp_path, tiny_student):
 
         from bench.report import plot
 
-        plot([{"name": "student-torch", "role": "student", "p50_s": 0.3, "size_bytes": 5e6, "accuracy_generate": 0.4,
-               "ci95_generate": [0.3, 0.5]}], tmp_path)
+        plot([{"name": "student-torch", "role": "student", "p50_s": 0.3, "size_bytes": 5e6, "accuracy_option_match": 0.4,
+               "ci95_option_match": [0.3, 0.5]}], tmp_path)
         mlflow.set_tracking_uri(url)
         with mlflow.start_run(run_id=ids[0]):
             mlflow.log_artifact(str(tmp_path / "accuracy_vs_latency.png"), "bench")

@@ -209,7 +209,7 @@ def test_eval_records_length_normalised_and_summed_picks(monkeypatch):
     golds = [p["gold"] for p in res["predictions"]]
     assert res["accuracy_loglik"] == sum(g == m for g, m in zip(golds, (1, 0))) / 2
     assert res["accuracy_loglik_sum"] == sum(g == 0 for g in golds) / 2
-    assert "accuracy_generate" not in res
+    assert "accuracy_option_match" not in res and "accuracy_em" not in res
 
 
 def test_micro_batches_respect_budget_and_sort_by_length(batch):
