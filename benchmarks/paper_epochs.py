@@ -7,7 +7,8 @@ the student chosen on validation (tests/test_epochs.py covers the mechanism).
 A cell is dataset/method[/variant...]: method as in paper_table.py; variants: `a<α>` (every teacher's α),
 `filtered` (rationales.keep_rejected=false), `s<seed>`, `e<N>` (N epochs instead of 4, e.g. for a cheaper
 α search), `bf16` (training under bf16 autocast; compared only with cells of the same precision, and checked
-against its fp32 twin where one was run). Each cell is one `tinyllm-distill run` with
+against its fp32 twin where one was run), `gemma3` (the packaged Gemma 3 270M as the student; compared only
+with cells of the same student). Each cell is one `tinyllm-distill run` with
 `train.epoch_eval=true` (printed and stored with its result); a finished cell (its JSON exists) is
 skipped, a killed one resumes from its last checkpoint (every 25 steps and at each epoch's end).
 Headline: the test accuracy at the epoch best on *validation* by exact match of the generated answer
@@ -30,6 +31,8 @@ from paper_table import (BIN, BUDGET, METHODS, load_results, n_teachers, overrid
                          prune_checkpoints, run_json, shown, write_section)
 
 RESULTS = REPO / "benchmarks" / "results" / "paper_epochs"
+STUDENTS = {"gemma3": "gemma3-270m"}
+"""Student variants: the packaged Gemma 3 270M (base) instead of SmolLM2-135M-Instruct, the default."""
 EPOCHS = 4
 PICKS = ("em", "loglik")  # the headline first
 
@@ -41,6 +44,7 @@ def command(cell: str) -> list[str]:
         raise SystemExit(f"unknown cell {cell!r}: write <dataset>/<method>[/<variant>...] with a dataset of "
                          f"{', '.join(BUDGET)} and a method of {', '.join(trained)}")
     overrides, epochs, teachers = method_overrides(dataset, method), EPOCHS, n_teachers(dataset, method)
+    student = "smollm2-135m-instruct"
     for v in variants:
         if v.startswith("a"):
             if not teachers:
@@ -54,10 +58,13 @@ def command(cell: str) -> list[str]:
             epochs = int(v[1:])
         elif v == "bf16":  # training's forward/backward under bf16 autocast; evaluation stays fp32
             overrides.append("train.precision=bf16")
+        elif v in STUDENTS:
+            student = STUDENTS[v]
         else:
-            raise SystemExit(f"unknown variant {v!r} in {cell}: use a<alpha>, filtered, s<seed>, e<epochs> or bf16")
+            raise SystemExit(f"unknown variant {v!r} in {cell}: use a<alpha>, filtered, s<seed>, e<epochs>, bf16 or "
+                             f"a student ({', '.join(STUDENTS)})")
     return [str(BIN / "tinyllm-distill"), "run", f"configs/paper/{dataset}.yaml", *overrides,
-            "student.model=smollm2-135m-instruct", "student.architecture=auto", "student.task_position=after",
+            f"student.model={student}", "student.architecture=auto", "student.task_position=after",
             "train.batch_size=8", f"train.epochs={epochs}", "train.epoch_eval=true", "train.eval_method=both",
             "train.select_by=em", "data.eval_split=valid", "train.save_every=25",
             *([f"data.max_train={BUDGET[dataset]}"] if BUDGET[dataset] else []),
