@@ -344,14 +344,9 @@ class LlamaCppRunner:
     and timed as a device runs it (bench), and `option_logprobs`."""
 
     def __init__(self, path: str, threads: int | None = None, n_ctx: int = 2048, chat: bool = False):
-        import os
+        from distill.llama_runtime import open_gguf
 
-        from distill.errors import require
-
-        llama_cpp = require("llama_cpp", "llama-cpp-python")
-        # llama-cpp-python's own default decodes on half the cores
-        threads = threads or os.cpu_count()
-        self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, logits_all=False, verbose=False)
+        self.llm = open_gguf(path, n_ctx=n_ctx, threads=threads)
         self.chat = chat
         self.add_bos = self.llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
         self.path, self.threads, self.n_ctx = path, threads, n_ctx

@@ -143,11 +143,28 @@ def call(target: str, what: str, timeout: float | None = None, **kwargs):
     return result["value"]
 
 
+def open_gguf(path, n_ctx: int = 2048, threads: int | None = None, **kwargs):
+    """llama-cpp-python's `Llama` for a GGUF file, opened the one way every stage opens one (teachers,
+    students, parity, setup's check): decoding on every core (llama-cpp-python's own default is half),
+    and quiet — what llama.cpp prints while it loads (Gemma 3's `llama_kv_cache_iswa` note, for one) goes
+    to a log that is shown only if loading fails."""
+    from distill.errors import require
+    from distill.progress import captured
+
+    llama_cpp = require("llama_cpp", "llama-cpp-python")
+    with tempfile.NamedTemporaryFile(prefix="tinyllm-llama-", suffix=".log") as fh:
+        try:
+            with captured(Path(fh.name)):
+                return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
+                                       verbose=False, **kwargs)
+        except Exception:
+            sys.stderr.write(Path(fh.name).read_text(errors="replace")[-4000:])
+            raise
+
+
 def generate(path: str, prompt: str = "The capital of France is", max_tokens: int = 8, threads: int | None = None) -> dict:
     """A few greedy tokens from a GGUF (what `--check` runs in its child)."""
-    import llama_cpp
-
-    llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_threads=threads, verbose=False)
+    llm = open_gguf(path, n_ctx=256, threads=threads)
     try:
         t0 = time.perf_counter()
         r = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0)

@@ -78,12 +78,12 @@ class LlamaCppTeacher:
     def __init__(self, cfg: TeacherConfig, threads: int | None = None, seed: int = 0):
         from distill.models import resolve_gguf
 
-        llama_cpp = require("llama_cpp", "llama-cpp-python")
+        from distill.llama_runtime import open_gguf
+
         self.cfg = cfg
         self.path = resolve_gguf(cfg.model, f"teacher '{cfg.name}' model:")
         self._identity = llama_cpp_identity(self.path)
-        self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=cfg.n_ctx, n_threads=threads or os.cpu_count(),
-                                   seed=seed, verbose=False)
+        self.llm = open_gguf(self.path, n_ctx=cfg.n_ctx, threads=threads, seed=seed)
         has_template = bool(self.llm.metadata.get("tokenizer.chat_template"))
         self.chat = has_template if cfg.chat is None else cfg.chat
         if self.chat and not has_template:

@@ -53,12 +53,10 @@ def gguf_parity(model, tok, gguf_file, prompts: list[str], threads: int | None =
 def gguf_logits(path: str, prompts: list[str], ids: list[list[int]], out_dir: str, threads: int | None = None) -> list[bool]:
     """(child process) llama.cpp's logits at every position of each prompt's torch token ids, one
     `<k>.npy` per prompt in `out_dir`; returns whether llama.cpp tokenizes each prompt to those ids."""
-    from distill.errors import require
+    from distill.llama_runtime import open_gguf
 
-    llama_cpp = require("llama_cpp", "llama-cpp-python")
     longest = max(len(i) for i in ids)
-    llm = llama_cpp.Llama(model_path=path, n_ctx=max(512, longest + 8), logits_all=True, n_threads=threads,
-                          verbose=False)
+    llm = open_gguf(path, n_ctx=max(512, longest + 8), threads=threads, logits_all=True)
     try:
         add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
         same = []
