@@ -1,6 +1,8 @@
 """Where model files come from: the packaged offline GGUFs, local files, and their identities."""
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import importlib.util
 import os
@@ -246,7 +248,22 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, dtype=None):
                 raise UserError(f"{folder} has no config.json; give a transformers model folder, a .gguf file or a "
                                 "packaged name.")
             identity = folder_identity(folder)
-    tok = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
-                                                              trust_remote_code=trust_remote_code)
+    with hub_errors(name):
+        tok = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
+                                                                  trust_remote_code=trust_remote_code)
     return model, tok, identity
+
+
+@contextlib.contextmanager
+def hub_errors(name: str, key: str = "student.model"):
+    """A hub id that cannot be fetched (no network, not in the local cache, no such repository) becomes one
+    sentence naming it and the way out, instead of transformers' OSError traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if Path(name).exists():
+            raise
+        raise UserError(f"cannot load '{name}' from the Hugging Face Hub or its local cache ({str(exc).splitlines()[0]}); "
+                        f"point {key} at a local model folder, a .gguf file or a packaged model "
+                        f"({', '.join(PACKAGED)}), e.g. {key}=smollm2-135m-instruct.") from None

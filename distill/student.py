@@ -83,9 +83,13 @@ def load_student(scfg, dtype=None):
     elif scfg.architecture == "auto" and "t5" in scfg.model.lower():
         seq2seq = True
     if seq2seq:
-        tok = transformers.AutoTokenizer.from_pretrained(scfg.model, trust_remote_code=scfg.trust_remote_code)
-        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(scfg.model, dtype=dtype or torch.float32,
-                                                                   use_safetensors=True, trust_remote_code=scfg.trust_remote_code)
+        from distill.models import hub_errors
+
+        with hub_errors(scfg.model):
+            tok = transformers.AutoTokenizer.from_pretrained(scfg.model, trust_remote_code=scfg.trust_remote_code)
+            model = transformers.AutoModelForSeq2SeqLM.from_pretrained(scfg.model, dtype=dtype or torch.float32,
+                                                                       use_safetensors=True,
+                                                                       trust_remote_code=scfg.trust_remote_code)
         identity = scfg.model
     else:
         model, tok, identity = load_causal_lm(scfg.model, trust_remote_code=scfg.trust_remote_code, dtype=dtype)

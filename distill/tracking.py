@@ -132,8 +132,11 @@ class Run:
         digest = fingerprint_rows(examples)  # of the rows used: a max_train prefix has its own
         df = pd.DataFrame([{"id": ex.id, "question": ex.question, "choices": " | ".join(ex.choices),
                             "answer": ex.answer_text} for ex in examples])
-        source = str(Path(ds.path).resolve()) if ds.path and Path(ds.path).exists() else ds.name
-        dataset = self.mlflow.data.from_pandas(df, source=source, name=f"{ds.name}/{split}", digest=digest)
+        where = str(Path(ds.path).resolve()) if ds.path and Path(ds.path).exists() else ds.name
+        # A source object, not a string: MLflow registers LocalArtifactDatasetSource twice, so resolving a
+        # string warns "can be interpreted in multiple ways" on every run.
+        local = next(s for s in self.mlflow.data.get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
+        dataset = self.mlflow.data.from_pandas(df, source=local(where), name=f"{ds.name}/{split}", digest=digest)
         self.mlflow.log_input(dataset, context=context,
                               tags={"split": split, "rows": str(len(examples)), "fingerprint": digest})
 

@@ -56,6 +56,19 @@ def test_a_teacher_model_that_is_not_a_gguf_is_one_sentence(tmp_path):
     assert "teacher 't' model: 'notes.txt' is not a GGUF file" in r.stderr
 
 
+@pytest.mark.parametrize("model", ["google/flan-t5-small", "someone/no-such-model"])
+def test_a_hub_model_that_cannot_be_fetched_is_one_sentence(tmp_path, model, monkeypatch):
+    """configs/paper/*.yaml name FLAN-T5 on the Hub; without network (HF_HUB_OFFLINE here) and not cached."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{name: demo}}\nstudent: {{model: {model}}}\noutput_dir: {tmp_path / 'out'}\n")
+    r = cli("tinyllm-distill", "eval", str(cfg), "train.eval_method=loglik", "--no-mlflow", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"cannot load '{model}' from the Hugging Face Hub or its local cache" in r.stderr
+    assert "point student.model at a local model folder, a .gguf file or a packaged model" in r.stderr
+
+
 def test_a_utf16_data_file_is_one_sentence(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
