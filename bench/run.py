@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.worker import LOADED
 from distill import layout
 from distill.config import Config, write_resolved
 from distill.errors import UserError
@@ -135,7 +136,8 @@ def score(preds: list[dict]) -> dict:
     return out
 
 
-def run_contestant(c: dict, cfg_file: Path, out: Path, student: Path | None, timeout: float) -> dict:
+def run_contestant(c: dict, cfg_file: Path, out: Path, student: Path | None, timeout: float,
+                   load_timeout: float = 1800.0) -> dict:
     cdir = out / "contestants" / c["name"].replace(":", "-")
     cdir.mkdir(parents=True, exist_ok=True)
     spec = {**c, "config": str(cfg_file), "out": str(cdir), "prompt_format_dir": str(student) if student else ""}
@@ -146,7 +148,7 @@ def run_contestant(c: dict, cfg_file: Path, out: Path, student: Path | None, tim
     with open(err_file, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "bench.worker", str(cdir / "spec.json")], stderr=err,
                                 stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent, env=env)
-        shown = 0
+        shown, answering_since = 0, None
         while True:  # relay the worker's progress lines while it runs; everything else stays in stderr.log
             try:
                 code = proc.wait(timeout=1.0)
@@ -160,10 +162,15 @@ def run_contestant(c: dict, cfg_file: Path, out: Path, student: Path | None, tim
             if code is not None:
                 status = "ok" if code == 0 else f"crashed (exit {code})"
                 break
-            if time.perf_counter() - start > timeout:
+            if answering_since is None and (cdir / LOADED).exists():
+                answering_since = time.perf_counter()
+            late = (f"timed out loading after {load_timeout:g}s" if answering_since is None
+                    and time.perf_counter() - start > load_timeout else f"timed out after {timeout:g}s"
+                    if answering_since is not None and time.perf_counter() - answering_since > timeout else None)
+            if late:
                 proc.kill()
                 proc.wait()
-                status = f"timed out after {timeout:g}s"
+                status = late
                 break
     result = {**{k: v for k, v in c.items() if k != "teacher"}, "status": status, "wall_s": time.perf_counter() - start}
     preds_file = cdir / "predictions.jsonl"
@@ -201,7 +208,7 @@ def bench(cfg: Config, student: Path | None, out: Path, track: bool = True) -> d
         for c in contestants:
             c["threads"] = cfg.bench.threads
             log(f"[bench] {c['name']} ({c['runtime']})")
-            results.append(run_contestant(c, cfg_file, out, student, cfg.bench.timeout_s))
+            results.append(run_contestant(c, cfg_file, out, student, cfg.bench.timeout_s, cfg.bench.load_timeout_s))
         meta = {"dataset": ds.name, "split": cfg.data.test_split, "questions": n_questions, "threads": cfg.bench.threads,
                 "warmup": cfg.bench.warmup, "hardware": hardware(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "method": ("Each contestant runs in its own process with a fixed thread count; after warm-up "

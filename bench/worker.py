@@ -12,6 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+LOADED = "loaded"
+"""Written in the contestant's folder once its model is loaded: bench.timeout_s counts from then."""
+
 
 def parse_teacher_answer(text: str, choices: tuple[str, ...]) -> int | None:
     """A CoT answer: its last "the answer is (x)", else the option whose text it names last."""
@@ -102,6 +105,7 @@ def main(spec_file: str) -> None:
     student = spec["kind"].startswith("student")
     fmt = PromptFormat.load(Path(spec["prompt_format_dir"])) if student else None
     runner = build_runner(spec, cfg.bench.threads, cfg.bench.device)
+    (out / LOADED).write_text(str(time.time()))  # bench.timeout_s counts from here
     loglik = hasattr(runner, "option_logprobs")
 
     def ask(ex):

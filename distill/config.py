@@ -253,7 +253,10 @@ class BenchConfig:
     contestants: list[str] = field(default_factory=list)
     """Empty = every form of the student plus every teacher."""
     timeout_s: float = 600.0
-    """A contestant still running after this many seconds is stopped and reported as timed out."""
+    """A contestant still answering this many seconds after it has loaded is stopped and reported as timed
+    out (loading, which a loaded machine or a large teacher stretches, counts against load_timeout_s)."""
+    load_timeout_s: float = 1800.0
+    """A contestant that has not loaded its model after this many seconds is stopped (timed out loading)."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     """Where the torch and ONNX students run: cpu (the edge target), cuda (torch on the GPU, onnxruntime's
     CUDA provider from onnxruntime-gpu), auto = cuda when present. GGUF runs wherever llama.cpp was built for."""

@@ -30,12 +30,13 @@ def test_two_packaged_teachers_on_20_obqa_questions_survive_sigkill(shared_data,
            "data.max_train=20", f"rationales.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}", "--no-mlflow"]
     first = tmp_path / "cache" / "smollm2.jsonl"
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(cache_lines(first)) < 5:
-        time.sleep(0.2)
+    while proc.poll() is None and len(cache_lines(first)) < 5:
+        time.sleep(0.2)  # polls the cache the run appends to, until the run has written five rationales
+    assert proc.poll() is None, "the run ended before writing five rationales"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert 5 <= len(cache_lines(first)) < 20
+    # Killed part-way whatever the machine's load: the 40 rationales take minutes, the kill one poll.
+    assert 5 <= len(cache_lines(first)) and len(cache_lines(first) + cache_lines(tmp_path / "cache" / "gemma3.jsonl")) < 40
 
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
