@@ -60,12 +60,10 @@ def planned_identity(cfg: TeacherConfig) -> tuple[str, bool] | None:
     """(identity, whether it is asked in chat form) of a teacher as it will be built, without loading it, so a
     dry run can look up the rationale cache; None where that needs the model itself (transformers)."""
     if cfg.backend == "llama.cpp":
-        import gguf
-
-        from distill.models import resolve_gguf
+        from distill.models import gguf_scalars, resolve_gguf
 
         path = resolve_gguf(cfg.model, f"teacher '{cfg.name}' model:")
-        has_template = "tokenizer.chat_template" in gguf.GGUFReader(str(path)).fields
+        has_template = "tokenizer.chat_template" in gguf_scalars(path)
         return llama_cpp_identity(path), has_template if cfg.chat is None else cfg.chat
     if cfg.backend == "openai" and cfg.base_url:
         return openai_identity(cfg), True if cfg.chat is None else cfg.chat

@@ -315,7 +315,7 @@ def test_quant_auto_scores_a_byte_identical_candidate_once(tmp_path, monkeypatch
     sizes = {"q4_0": 10, "q4_1": 11, "q4_k_m": 12, "q5_k_m": 14, "q6_k": 16, "q8_0": 20}
     monkeypatch.setattr(export.gguf, "quantize", lambda src, dst, quant, **kw: dst.write_bytes(b"x" * sizes[quant]))
     monkeypatch.setattr(PromptFormat, "load", staticmethod(lambda student: PromptFormat()))
-    examples = [SimpleNamespace(answer_text=t) for t in ("a", "b", "c", "d")]
+    examples = [SimpleNamespace(answer_text=t, choices=("a", "b", "c", "d")) for t in ("a", "b", "c", "d")]
     monkeypatch.setattr(auto, "torch_answers", lambda model, tok, fmt, ex: ["a", "b", "c", "d"])
     scored = []
 
