@@ -176,6 +176,7 @@ def test_a_gguf_worker_never_imports_torch(tiny_gguf, tmp_path):
     assert len(preds) == 2 and all("pred_loglik" in json.loads(p) for p in preds)
 
 
+@pytest.mark.slow  # 30-70 s: in CI's slow suite, out of the default one (kept under ~10 min)
 def test_t5_student_through_distill_export_and_bench(tmp_path):
     """An encoder-decoder (the paper's FLAN-T5 family) student: trained, exported to ONNX (optimum's seq2seq
     model), then benched as torch and ONNX; both answer, and the same way."""

@@ -142,6 +142,7 @@ def test_bad_inputs_get_one_sentence_and_leave_nothing_complete_looking(tiny_bpe
         assert not (tmp_path / name).exists()
 
 
+@pytest.mark.slow  # 30-70 s: in CI's slow suite, out of the default one (kept under ~10 min)
 def test_export_by_run_id_logs_to_that_run(tmp_path, tiny_bpe_student):
     import mlflow
 

@@ -425,6 +425,7 @@ def test_more_processes_per_node_than_gpus_is_named(monkeypatch):
     assert on_cpu() is True
 
 
+@pytest.mark.slow  # 30-70 s: in CI's slow suite, out of the default one (kept under ~10 min)
 @pytest.mark.parametrize("sharding", ["none", "fsdp"])
 def test_two_processes_log_one_run_and_match_one_process(tmp_path, tiny_student, sharding):
     """Data parallel (whole student per process) and FSDP (sharded): both compute the one-process run."""
@@ -471,6 +472,7 @@ def test_lora_t5_student_registers_and_saves_merged(tmp_path):
     assert (Path(local) / "prompt_format.json").exists()
 
 
+@pytest.mark.slow  # 30-70 s: in CI's slow suite, out of the default one (kept under ~10 min)
 def test_killed_runs_never_stay_running(tmp_path, tiny_student):
     """SIGTERM ends the run FAILED; a SIGKILLed run is marked KILLED by the next run on the same output folder."""
     import signal
