@@ -354,3 +354,22 @@ def test_free_form_answers_are_scored_by_their_final_number():
     assert answer_is_right("2 + 998 = 1000.\nSo the answer is 1000.", ex, first_line=False)  # a chain of thought
     assert final_number("about -3.50 degrees") == "-3.5" and final_number("none") is None
     assert answer_is_right("Paris", Example(id="t", question="q", target="Paris"))  # non-numeric free-form
+
+
+def test_plot_labels_of_points_close_together_do_not_overlap():
+    """The quick start's student-torch and student-onnx-none lie almost on one spot: the second label moves up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.report import label_offsets
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set_xscale("log")
+    ax.set_xlim(0.01, 10)
+    ax.set_ylim(0, 100)
+    points = [(0.30, 40.0, "student-torch"), (0.31, 40.5, "student-onnx-none"), (3.0, 80.0, "teacher:gemma3")]
+    dy = label_offsets(ax, points)
+    plt.close(fig)
+    assert dy[0] == 0 and dy[1] >= 11 and dy[2] == 0
