@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-IMPLS = ["tinyllm", "tinyllm-noshare", "hf"]
+IMPLS = ["tinyllm", "tinyllm-noshare", "hf", "tinyllm-compile"]
+DEFAULT_IMPLS = IMPLS[:3]  # tinyllm-compile (train.compile) on request: compiling takes a minute or more
 sys.path.insert(0, str(REPO))
 from distill.llama_runtime import cpu_model  # noqa: E402
 
@@ -78,6 +79,10 @@ def run_tinyllm(args) -> dict:
 
     model, tok, per_q = setup(args)
     model.train()
+    if args.impl == "tinyllm-compile":  # as train.compile; --warmup-steps keeps the compiling off the clock
+        from distill.train import compile_student
+
+        compile_student(model)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     alphas = {"answer": 1.0, "flan-t5-xl": 1.0, "llama-2-7b": 1.0}
     tokens, losses = 0, []
@@ -90,7 +95,7 @@ def run_tinyllm(args) -> dict:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16"):  # as train.precision
             terms = step_loss_terms(model, samples, tok.pad_token_id, alphas, args.micro_batch_tokens,
-                                    backward=lambda loss: loss.backward(), share_prompt=args.impl == "tinyllm")
+                                    backward=lambda loss: loss.backward(), share_prompt=args.impl != "tinyllm-noshare")
         opt.step()
         tokens += sum(len(s.input_ids) for s in samples)
         losses.append(sum(terms.values()))
@@ -162,7 +167,8 @@ def run_hf(args) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--impl", choices=IMPLS)
-    ap.add_argument("--impls", default=",".join(IMPLS), help="comma-separated implementations to compare")
+    ap.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help="comma-separated implementations to compare "
+                    f"({', '.join(IMPLS)})")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="autocast of TinyLLM's forward/backward, as train.precision (the hf baseline: fp32 on cpu, "
                          "the same precision on cuda)")

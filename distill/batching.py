@@ -109,7 +109,8 @@ class TargetLogits(torch.nn.Module):
 
 
 def target_logits(model, input_ids, attention_mask, position_ids, rows, cols):
-    scorer = getattr(model, "_tinyllm_root", None) or TargetLogits(model)
+    scorer = getattr(model, "_tinyllm_root", None)
+    scorer = TargetLogits(model) if scorer is None else scorer  # `or` would ask a compiled module its len()
     return scorer(input_ids, attention_mask, position_ids, rows, cols)
 
 
@@ -121,7 +122,8 @@ def token_losses(model, batch: list[Sample], pad_id: int) -> tuple[torch.Tensor,
         labels = _pad([s.labels for s in batch], -100).to(device)
         dec_in = model.prepare_decoder_input_ids_from_labels(labels=labels.clamp(min=0)) if hasattr(
             model, "prepare_decoder_input_ids_from_labels") else None
-        scorer = getattr(model, "_tinyllm_root", None) or model
+        scorer = getattr(model, "_tinyllm_root", None)
+        scorer = model if scorer is None else scorer
         logits = scorer(input_ids=ids, attention_mask=(ids != pad_id).long(), decoder_input_ids=dec_in).logits
         mask = labels != -100
         losses = F.cross_entropy(logits[mask].float(), labels[mask], reduction="none")

@@ -144,6 +144,10 @@ class TrainConfig:
     """AdamW weight decay."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
+    compile: bool = False
+    """torch.compile the student's forward and target-position projection (dynamic shapes, one graph for
+    every row length). The first steps pay for compiling (a minute or more, again after a restart). On a
+    2-core CPU it made training 6.8x slower (benchmarks/results/README.md), so it is off; try it on a GPU."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Autocast precision of the forward/backward (weights and optimizer stay fp32); fp16 adds a
     gradient scaler. bf16 is the choice on recent GPUs and also runs on CPUs."""

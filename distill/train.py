@@ -49,6 +49,14 @@ def shard_student(model) -> None:
         object.__setattr__(model, "_tinyllm_root", root)  # not a submodule: no cycle in named_modules()
 
 
+def compile_student(model) -> None:
+    """train.compile: the module the loss goes through (the student's root, as sharding or replication left
+    it) runs compiled; the weights stay the model's own, so saving and evaluation see the same tensors."""
+    root = getattr(model, "_tinyllm_root", None)
+    root = (model if is_seq2seq(model) else TargetLogits(model)) if root is None else root
+    object.__setattr__(model, "_tinyllm_root", torch.compile(root, dynamic=True))
+
+
 def replicate_student(model, device):
     """Data parallelism with torch's DistributedDataParallel: gradients are bucketed and reduced while
     the backward pass runs. DDP wraps the module the loss goes through (TargetLogits for decoder-only
@@ -185,6 +193,8 @@ def setup(cfg, train_examples, rationales, eval_examples, test_examples, run, re
         shard_student(model)
     elif world > 1:
         root = replicate_student(model, acc.device)
+    if tc.compile:
+        compile_student(model)
     fmt = prompt_format(cfg.student, model)
     samples = build_samples(train_examples, rationales, tok, fmt, is_seq2seq(model), tc.max_length)
     if not samples:
