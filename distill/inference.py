@@ -41,15 +41,11 @@ def scores_and_answers(model, tok, prompts: Sequence[str], options: Sequence[Seq
     of the greedy answer (speculative decoding with the options as drafts): where greedy decoding would
     write an option's tokens and then stop (end of sequence or a line break), that option's text *is* the
     greedy answer. Only the questions no option verifies are generated."""
-    scores, verified = _score(model, tok, prompts, options, max_tokens, None, max_new_tokens)
-    if progress:
-        progress(0)
-    rest = [i for i, v in enumerate(verified) if v is None]
+    scores, verified = _score(model, tok, prompts, options, max_tokens, progress, max_new_tokens)
+    rest = [i for i, v in enumerate(verified) if v is None]  # `progress` counted them with their scores
     generated = answers(model, tok, [prompts[i] for i in rest], max_new_tokens, batch_size) if rest else []
     for i, text in zip(rest, generated):
         verified[i] = text
-    if progress:
-        progress(len(prompts))
     return scores, verified
 
 
