@@ -70,7 +70,6 @@ def test_gguf_quantized_thresholds_decide_and_failures_keep_files(tiny_bpe_stude
 
 
 def test_unsupported_architecture_is_refused_in_one_sentence(tiny_student, tmp_path):
-    from distill.config import load_config
     from distill.errors import UserError
     from export.gguf import check_supported
 

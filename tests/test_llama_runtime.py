@@ -7,7 +7,6 @@ crashes (llama.cpp's AMX kernels on Intel Xeons with AMX), CI fails here, not on
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
