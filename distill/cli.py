@@ -35,11 +35,17 @@ def main():
 # ---------------------------------------------------------------------------------------------
 
 
-def plan(cfg) -> dict:
-    """What a run would do, computed from the config and the data (no model is loaded)."""
+def plan(cfg, evaluates: bool = False) -> dict:
+    """What a run would do, computed from the config and the data (no model is loaded). `evaluates`: the
+    command scores the eval split, so its train.eval_method must suit the questions (refused as the run
+    would refuse it)."""
     from distill.data import load_dataset
 
     ds = load_dataset(cfg.data.name, cfg.data.path)
+    if evaluates:
+        from distill.evaluation import check_method
+
+        check_method(ds.splits.get(cfg.data.eval_split, [])[: cfg.data.max_eval], cfg.train.eval_method)
     n_train = len(ds.split(cfg.data.train_split))
     if cfg.data.max_train is not None:
         n_train = min(n_train, cfg.data.max_train)
@@ -94,7 +100,7 @@ def run(config, overrides, dry_run, resume, no_mlflow):
         click.echo("# resolved config")
         click.echo(dump_yaml(cfg))
         click.echo("# plan")
-        click.echo(json.dumps(plan(cfg), indent=2))
+        click.echo(json.dumps(plan(cfg, evaluates=True), indent=2))
         return
     from distill.pipeline import distill
     from distill.tracking import is_main_process

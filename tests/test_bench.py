@@ -322,6 +322,8 @@ bench: {{limit: 4, threads: 1, warmup: 0}}
 
     refused = run("tinyllm-distill", "run", str(cfg), "train.eval_method=both", "--no-mlflow", code=2)
     assert "Traceback" not in refused.stderr and "set train.eval_method=generate" in refused.stderr
+    dry = run("tinyllm-distill", "run", str(cfg), "train.eval_method=loglik", "--dry-run", code=2)
+    assert "set train.eval_method=generate" in dry.stderr  # the dry run refuses what the run would
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any step
     run("tinyllm-distill", "run", str(cfg), "--no-mlflow")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
