@@ -162,11 +162,14 @@ def run_contestant(c: dict, cfg_file: Path, out: Path, student: Path | None, tim
             if code is not None:
                 status = "ok" if code == 0 else f"crashed (exit {code})"
                 break
+            now = time.perf_counter()
             if answering_since is None and (cdir / LOADED).exists():
-                answering_since = time.perf_counter()
-            late = (f"timed out loading after {load_timeout:g}s" if answering_since is None
-                    and time.perf_counter() - start > load_timeout else f"timed out after {timeout:g}s"
-                    if answering_since is not None and time.perf_counter() - answering_since > timeout else None)
+                answering_since = now
+            late = None
+            if answering_since is None and now - start > load_timeout:
+                late = f"timed out loading after {load_timeout:g}s"
+            elif answering_since is not None and now - answering_since > timeout:
+                late = f"timed out after {timeout:g}s"
             if late:
                 proc.kill()
                 proc.wait()

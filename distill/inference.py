@@ -184,10 +184,11 @@ def answers(model, tok, prompts: Sequence[str], max_new_tokens: int = 32, batch_
             longest = max(len(encoded[i]) for i in rows)
             # decoder-only students continue the prompt, so it is padded on the left; an encoder reads
             # its input with the padding on the right, as in training
-            ids = [([pad] * (longest - len(encoded[i])) + encoded[i]) if not seq2seq
-                   else encoded[i] + [pad] * (longest - len(encoded[i])) for i in rows]
-            mask = [([0] * (longest - len(encoded[i])) + [1] * len(encoded[i])) if not seq2seq
-                    else [1] * len(encoded[i]) + [0] * (longest - len(encoded[i])) for i in rows]
+            ids, mask = [], []
+            for i in rows:
+                n, fill = len(encoded[i]), longest - len(encoded[i])
+                ids.append(encoded[i] + [pad] * fill if seq2seq else [pad] * fill + encoded[i])
+                mask.append([1] * n + [0] * fill if seq2seq else [0] * fill + [1] * n)
             ids_t, mask_t = torch.tensor(ids, device=device), torch.tensor(mask, device=device)
             prompt_len = 1 if seq2seq else longest  # seq2seq output starts with the decoder start token
             gen = model.generate(input_ids=ids_t, attention_mask=mask_t, max_new_tokens=max_new_tokens,
