@@ -91,31 +91,89 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([r + [value] * (n - len(r)) for r in rows], dtype=torch.long)
 
 
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Σ_t w_t · CE(softcap(h_t Wᵀ), y_t), N target tokens at a time (train.ce_chunk_tokens). Each chunk's
+    gradients with respect to h and W are computed as soon as its logits are, so no more than one chunk of
+    (tokens x vocabulary) logits is ever alive, and there is no recomputation: the token weights w are known
+    before the forward pass, and the backward pass only scales the stored gradients by the incoming scalar.
+    The matmuls run in the ambient autocast precision, as the unchunked projection does; the per-token
+    losses come back too, detached, for logging."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, token_weights, chunk: int, cap):
+        n = hidden.shape[0]
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        for a in range(0, n, chunk):
+            h, y = hidden[a:a + chunk], labels[a:a + chunk]
+            z = F.linear(h, weight)  # autocast decides the precision, as in TargetLogits
+            t = torch.tanh(z / cap) if cap else None
+            logits = (t * cap if cap else z).float()
+            lse = logits.logsumexp(-1)
+            losses[a:a + chunk] = lse - logits.gather(1, y[:, None]).squeeze(1)
+            d = torch.exp(logits - lse[:, None])
+            d[torch.arange(len(y), device=d.device), y] -= 1.0
+            dz = (d * token_weights[a:a + chunk, None].float()).to(z.dtype)
+            if cap:
+                dz = dz * (1 - t * t)
+            grad_hidden[a:a + chunk] = (dz @ weight.to(dz.dtype)).to(hidden.dtype)
+            grad_weight += (dz.t() @ h.to(dz.dtype)).float()
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        ctx.mark_non_differentiable(losses)
+        objective = (losses * token_weights.float()).sum()
+        return objective, losses
+
+    @staticmethod
+    def backward(ctx, grad_objective, _grad_losses):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_objective, grad_weight * grad_objective, None, None, None, None
+
+
 class TargetLogits(torch.nn.Module):
     """A decoder-only student's logits at chosen (row, position) pairs only: the vocabulary projection
     never runs on prompt or padding positions. A module so that FSDP can make it the root that holds
-    the embeddings, final norm and LM head."""
+    the embeddings, final norm and LM head. Given target ids, their weights and a chunk size, it returns
+    the weighted cross-entropy and per-token losses instead (ChunkedLinearCrossEntropy)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, position_ids, rows, cols):
+    def forward(self, input_ids, attention_mask, position_ids, rows, cols, labels=None, token_weights=None, chunk=0):
         hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                           position_ids=position_ids).last_hidden_state
-        logits = self.model.get_output_embeddings()(hidden[rows, cols])
+        head = self.model.get_output_embeddings()
         cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if chunk:
+            return ChunkedLinearCrossEntropy.apply(hidden[rows, cols], head.weight, labels, token_weights, chunk, cap)
+        logits = head(hidden[rows, cols])
         return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def target_logits(model, input_ids, attention_mask, position_ids, rows, cols):
+def target_logits(model, input_ids, attention_mask, position_ids, rows, cols, **objective):
     scorer = getattr(model, "_tinyllm_root", None)
     scorer = TargetLogits(model) if scorer is None else scorer  # `or` would ask a compiled module its len()
-    return scorer(input_ids, attention_mask, position_ids, rows, cols)
+    return scorer(input_ids, attention_mask, position_ids, rows, cols, **objective)
 
 
-def token_losses(model, batch: list[Sample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample: (sum of target-token cross-entropy, number of target tokens)."""
+def can_chunk(model) -> bool:
+    """train.ce_chunk_tokens applies: a decoder-only student whose vocabulary projection has no bias."""
+    return not is_seq2seq(model) and getattr(model.get_output_embeddings(), "bias", None) is None
+
+
+def _losses(run, labels, weights, chunk):
+    """Per target token: (losses, objective or None). `run(**objective)` is the student's forward;
+    `weights` are per target token (already scaled), needed up front only when chunked."""
+    if chunk:
+        return tuple(reversed(run(labels=labels, token_weights=weights, chunk=chunk)))
+    losses = F.cross_entropy(run().float(), labels, reduction="none")
+    return losses, None if weights is None else (losses * weights).sum()
+
+
+def token_losses(model, batch: list[Sample], pad_id: int, weights=None, chunk: int = 0):
+    """Per sample: (sum of target-token cross-entropy, number of target tokens), and with per-sample
+    `weights`, the objective Σ weight · sum as a third value (chunked: computed with the losses)."""
     device = next(model.parameters()).device
     if is_seq2seq(model):
         ids = _pad([s.input_ids for s in batch], pad_id).to(device)
@@ -127,6 +185,7 @@ def token_losses(model, batch: list[Sample], pad_id: int) -> tuple[torch.Tensor,
         logits = scorer(input_ids=ids, attention_mask=(ids != pad_id).long(), decoder_input_ids=dec_in).logits
         mask = labels != -100
         losses = F.cross_entropy(logits[mask].float(), labels[mask], reduction="none")
+        objective = None if weights is None else (losses * weights[mask.nonzero()[:, 0]]).sum()
     else:
         ids = _pad([s.input_ids for s in batch], pad_id).to(device)
         attn = _pad([[1] * len(s.input_ids) for s in batch], 0).to(device)
@@ -135,11 +194,11 @@ def token_losses(model, batch: list[Sample], pad_id: int) -> tuple[torch.Tensor,
         targets = labels[:, 1:]
         mask = targets != -100
         rows, cols = mask.nonzero(as_tuple=True)
-        logits = target_logits(model, ids, attn, None, rows, cols)
-        losses = F.cross_entropy(logits.float(), targets[mask], reduction="none")
+        losses, objective = _losses(lambda **o: target_logits(model, ids, attn, None, rows, cols, **o),
+                                    targets[mask], None if weights is None else weights[rows], chunk)
     rows = mask.nonzero()[:, 0]
     sums = torch.zeros(len(batch), device=device, dtype=losses.dtype).index_add(0, rows, losses)
-    return sums, mask.sum(dim=1)
+    return (sums, mask.sum(dim=1)) if weights is None else (sums, mask.sum(dim=1), objective)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,37 +255,81 @@ def _attn_impl(model) -> str:
 
 
 def can_share(model) -> bool:
-    """Decoder-only students whose attention takes an arbitrary 4D mask (sdpa, eager)."""
-    return not is_seq2seq(model) and _attn_impl(model) in ("sdpa", "eager")
+    """Decoder-only students whose attention takes an arbitrary 4D mask (sdpa, eager) or a block mask
+    (flex_attention)."""
+    return not is_seq2seq(model) and _attn_impl(model) in ("sdpa", "eager", "flex_attention")
 
 
-def packed_token_losses(model, packs: list[Pack], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def use_flex_attention(model) -> None:
+    """train.attention=flex: packed rows go through FlexAttention with a block mask built from the packing
+    layout (fused kernels, compiled on first use) instead of the model's attention with a dense 4D mask.
+    Same computation; torch has no FlexAttention backward on CPU, so it is for CUDA."""
+    object.__setattr__(model, "_tinyllm_flex", True)
+
+
+@contextlib.contextmanager
+def _attention_as(model, impl: str):
+    """Run the model's attention layers with another implementation for one forward (they look it up in
+    the shared config on every call)."""
+    before = model.config._attn_implementation
+    model.config._attn_implementation = impl
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = before
+
+
+def packed_block_mask(seg: torch.Tensor):
+    """The packing layout's mask as a FlexAttention BlockMask: query q sees key k <= q when k is shared
+    (segment -1) or in q's own segment; padding (segment -2) sees only itself. Blocks no query sees are
+    skipped by the kernel."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def allowed(b, h, q, k):
+        return ((k <= q) & ((seg[b, k] == -1) | (seg[b, k] == seg[b, q]))) | (q == k)
+
+    n = seg.shape[1]
+    return create_block_mask(allowed, seg.shape[0], None, n, n, device=seg.device)
+
+
+def packed_token_losses(model, packs: list[Pack], pad_id: int, weights=None, chunk: int = 0):
     """token_losses for packed questions: per sample (sum of target cross-entropy, target count),
-    samples in pack order."""
-    logits, labels, owner = packed_target_logits(model, packs, pad_id)
-    losses = F.cross_entropy(logits.float(), labels, reduction="none")
+    samples in pack order; with per-sample `weights`, the objective as a third value."""
     n = sum(len(p.samples) for p in packs)
+    run, labels, owner = packed_forward(model, packs, pad_id)
+    losses, objective = _losses(run, labels, None if weights is None else weights[owner], chunk)
     sums = torch.zeros(n, device=losses.device, dtype=losses.dtype).index_add(0, owner, losses)
     counts = torch.zeros(n, device=losses.device, dtype=torch.long).index_add(0, owner, torch.ones_like(owner))
-    return sums, counts
+    return (sums, counts) if weights is None else (sums, counts, objective)
 
 
 def packed_target_logits(model, packs: list[Pack], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The logits that predict every target token of the packed questions: (logits, target ids, index of
     the sample each belongs to, samples numbered in pack order), targets in pack order."""
+    run, labels, owner = packed_forward(model, packs, pad_id)
+    return run(), labels, owner
+
+
+def packed_forward(model, packs: list[Pack], pad_id: int):
+    """(the packed questions' forward to their target positions, as a callable taking TargetLogits'
+    objective arguments; target ids; index of the sample each target belongs to)."""
     device = next(model.parameters()).device
     n = max(len(p.ids) for p in packs)
     ids = torch.tensor([p.ids + [pad_id] * (n - len(p.ids)) for p in packs], device=device)
     pos = torch.tensor([p.positions + [0] * (n - len(p.ids)) for p in packs], device=device)
     seg = torch.tensor([p.segments + [-2] * (n - len(p.ids)) for p in packs], device=device)
-    causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-    # Query q sees key k <= q when k is shared or in q's own segment; padding sees only itself.
-    allowed = causal & ((seg[:, None, :] == -1) | (seg[:, None, :] == seg[:, :, None]))
-    allowed |= torch.eye(n, dtype=torch.bool, device=device)
-    mask = allowed[:, None]
-    if _attn_impl(model) != "sdpa":
-        dtype = next(model.parameters()).dtype
-        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+    flex = getattr(model, "_tinyllm_flex", False) or _attn_impl(model) == "flex_attention"
+    if flex:
+        mask = packed_block_mask(seg)
+    else:
+        causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        # Query q sees key k <= q when k is shared or in q's own segment; padding sees only itself.
+        allowed = causal & ((seg[:, None, :] == -1) | (seg[:, None, :] == seg[:, :, None]))
+        allowed |= torch.eye(n, dtype=torch.bool, device=device)
+        mask = allowed[:, None]
+        if _attn_impl(model) != "sdpa":
+            dtype = next(model.parameters()).dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
     rows, src, labels, owner, base = [], [], [], [], 0
     for b, p in enumerate(packs):
         for at, label, i in p.targets:
@@ -235,9 +338,13 @@ def packed_target_logits(model, packs: list[Pack], pad_id: int) -> tuple[torch.T
             labels.append(label)
             owner.append(base + i)
         base += len(p.samples)
-    logits = target_logits(model, ids, mask, pos, torch.tensor(rows, device=device, dtype=torch.long),
-                           torch.tensor(src, device=device, dtype=torch.long))
-    return (logits, torch.tensor(labels, device=device, dtype=torch.long),
+    rows, src = torch.tensor(rows, device=device, dtype=torch.long), torch.tensor(src, device=device, dtype=torch.long)
+
+    def run(**objective):
+        with _attention_as(model, "flex_attention") if flex else contextlib.nullcontext():
+            return target_logits(model, ids, mask, pos, rows, src, **objective)
+
+    return (run, torch.tensor(labels, device=device, dtype=torch.long),
             torch.tensor(owner, device=device, dtype=torch.long))
 
 
@@ -268,7 +375,8 @@ def micro_batch_plan(model, samples: list[Sample], max_tokens: int, share_prompt
 
 def step_loss_terms(model, samples: list[Sample], pad_id: int, alphas: dict[str, float], max_tokens: int,
                     token_totals: dict[str, int] | None = None, scale: float = 1.0, backward=None,
-                    share_prompt: bool = True, min_passes: int = 0, defer_sync=None) -> dict[str, float]:
+                    share_prompt: bool = True, min_passes: int = 0, defer_sync=None,
+                    ce_chunk_tokens: int = 0) -> dict[str, float]:
     """Run one optimizer step's samples; return each task's mean token loss (for logging).
 
     The objective is Σ_t α_t · (Σ target-token loss of task t) / N_t with N_t the task's target
@@ -277,22 +385,24 @@ def step_loss_terms(model, samples: list[Sample], pad_id: int, alphas: dict[str,
     With `share_prompt` (decoder-only students), a question's tasks are packed into one row.
     `min_passes`: run zero-weighted passes up to this many (FSDP needs every process to run the
     same number of forward/backward passes). `defer_sync`: a context (DDP's `no_sync`) that every pass
-    but the last runs in, so gradients are reduced across processes once per step.
+    but the last runs in, so gradients are reduced across processes once per step. `ce_chunk_tokens`:
+    decoder-only students' projection and cross-entropy run that many target tokens at a time.
     """
     totals = token_totals or count_targets(samples)
     tasks = list(totals)
     sums = None  # per task, on the device: read back once, after the last pass
     plan = micro_batch_plan(model, samples, max_tokens, share_prompt)
+    device = next(model.parameters()).device
     weights = [1.0] * len(plan)
     if len(plan) < min_passes:
         filler = plan[:1] or [([Sample("answer", [pad_id, pad_id], [-100, pad_id])],) * 2]
         plan, weights = plan + filler * (min_passes - len(plan)), weights + [0.0] * (min_passes - len(plan))
     for k, ((mb, flat), weight) in enumerate(zip(plan, weights)):
         with defer_sync() if defer_sync and k < len(plan) - 1 else contextlib.nullcontext():
-            loss_sums, _ = (token_losses if flat is mb else packed_token_losses)(model, mb, pad_id)
-            w = torch.tensor([alphas.get(s.task, 0.0) / max(1, totals.get(s.task, 0)) for s in flat],
-                             device=loss_sums.device, dtype=loss_sums.dtype)
-            objective = (w * loss_sums).sum() * (scale * weight)
+            w = torch.tensor([alphas.get(s.task, 0.0) / max(1, totals.get(s.task, 0)) * scale * weight for s in flat],
+                             device=device)
+            loss_sums, _, objective = (token_losses if flat is mb else packed_token_losses)(
+                model, mb, pad_id, weights=w, chunk=ce_chunk_tokens if can_chunk(model) else 0)
             if backward is not None:
                 backward(objective)
         if weight:

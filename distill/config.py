@@ -136,6 +136,16 @@ class TrainConfig:
     share_prompt: bool = True
     """Decoder-only students: pack each question's tasks into one row so the prompt tokens they
     share are computed once (same loss and gradients as separate rows, fewer tokens)."""
+    attention: Literal["sdpa", "flex"] = "sdpa"
+    """How packed rows (share_prompt) attend. sdpa: the student's own attention with a dense 4D mask
+    (runs everywhere; the mask keeps GPUs off their fused kernels). flex: torch's FlexAttention with a block
+    mask built from the packing layout, fused kernels compiled on first use (tens of seconds, again per new
+    shape bucket); the same computation. CUDA only: torch has no FlexAttention backward on CPU."""
+    ce_chunk_tokens: int = 0
+    """0: the vocabulary projection and cross-entropy run over all of a pass's target tokens at once.
+    N: N target tokens at a time, each chunk's gradients computed in the same pass, so memory holds
+    N x vocabulary logits instead of all of them (pays for large vocabularies, e.g. Gemma's 262k; the same
+    loss and gradients, no extra arithmetic). Decoder-only students."""
     max_length: int = 512
     """Tokens per sequence; longer inputs are cut from the left of the question."""
     warmup_ratio: float = 0.0
@@ -582,7 +592,7 @@ def validate(cfg: Config) -> None:
     for key in ("micro_batch_tokens", "max_length", "log_every"):
         if getattr(tc, key) < 1:
             raise UserError(f"train.{key} must be at least 1, got {getattr(tc, key)}.")
-    for key in ("eval_every", "save_every"):
+    for key in ("eval_every", "save_every", "ce_chunk_tokens"):
         if getattr(tc, key) < 0:
             raise UserError(f"train.{key} must be >= 0 (0 = off), got {getattr(tc, key)}.")
     if tc.epoch_eval:

@@ -16,7 +16,8 @@ from typing import Any, Callable
 import torch
 
 from distill import layout
-from distill.batching import TargetLogits, build_samples, count_targets, micro_batch_plan, step_loss_terms
+from distill.batching import (TargetLogits, build_samples, can_chunk, can_share, count_targets, micro_batch_plan,
+                             step_loss_terms, use_flex_attention)
 from distill.checkpoints import (full_states, latest_checkpoint, load_checkpoint, remove_partial_checkpoints,
                                  save_checkpoint)
 from distill.data import Example
@@ -47,6 +48,20 @@ def shard_student(model) -> None:
         root = TargetLogits(model)
         fully_shard(root)
         object.__setattr__(model, "_tinyllm_root", root)  # not a submodule: no cycle in named_modules()
+
+
+def check_kernels(tc, model, device) -> None:
+    """train.attention and train.ce_chunk_tokens name what the student and device can run."""
+    if tc.attention == "flex":
+        if device.type == "cpu":
+            raise UserError("train.attention=flex needs a CUDA GPU (torch has no FlexAttention backward on the CPU); "
+                            "use train.attention=sdpa here.")
+        if not (tc.share_prompt and can_share(model)):
+            raise UserError(f"train.attention=flex applies to packed rows of decoder-only students (share_prompt=true); "
+                            f"this {type(model).__name__} student has none, so use train.attention=sdpa.")
+    if tc.ce_chunk_tokens and not can_chunk(model):
+        raise UserError(f"train.ce_chunk_tokens applies to decoder-only students whose output projection has no bias; "
+                        f"this {type(model).__name__} student is not one, so set train.ce_chunk_tokens=0.")
 
 
 def compile_student(model) -> None:
@@ -193,6 +208,9 @@ def setup(cfg, train_examples, rationales, eval_examples, test_examples, run, re
         shard_student(model)
     elif world > 1:
         root = replicate_student(model, acc.device)
+    check_kernels(tc, model, acc.device)
+    if tc.attention == "flex":
+        use_flex_attention(model)
     if tc.compile:
         compile_student(model)
     fmt = prompt_format(cfg.student, model)
@@ -329,7 +347,8 @@ def one_step(s: Session, step_samples: list) -> tuple[dict[str, float], int]:
         terms = step_loss_terms(model, step_samples, s.tok.pad_token_id, s.alphas, tc.micro_batch_tokens,
                                 token_totals=totals, scale=s.world, min_passes=passes,
                                 backward=lambda loss: (s.scaler.scale(loss) if s.scaler else loss).backward(),
-                                share_prompt=tc.share_prompt, defer_sync=s.root.no_sync if s.root else None)
+                                share_prompt=tc.share_prompt, defer_sync=s.root.no_sync if s.root else None,
+                                ce_chunk_tokens=tc.ce_chunk_tokens)
     summed = s.all_sum([terms.get(t, 0.0) for t in s.tasks])
     terms = {t: v for t, v in zip(s.tasks, summed) if t in totals}
     if s.scaler is not None:

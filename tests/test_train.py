@@ -117,6 +117,77 @@ def test_compiled_student_gives_the_same_losses_and_gradients(tiny_student, batc
     assert torch.allclose(out[0][1], out[1][1], atol=1e-6, rtol=1e-5)
 
 
+def losses_and_grads(model, samples, pad_id, **kw):
+    alphas = {"answer": 1.0, "a": 0.5, "b": 2.0}
+    model.zero_grad(set_to_none=True)
+    terms = step_loss_terms(model, samples, pad_id, alphas, 300, backward=lambda loss: loss.backward(), **kw)
+    return terms, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_cross_entropy_gives_the_same_losses_and_gradients(tiny_student, batch, share, softcap, precision,
+                                                                      monkeypatch):
+    """train.ce_chunk_tokens: projection + cross-entropy a few target tokens at a time, gradients taken in the
+    forward pass, equal today's one-pass loss: fp32 within 1e-5 (relative) / 1e-6 (absolute); under bf16
+    autocast within bf16's own rounding (the chunks' weight gradients are summed in fp32, not in one bf16
+    matmul). Packed and unpacked rows, with and without a final logit softcap (Gemma 2 style)."""
+    import distill.batching
+
+    tok, samples = batch
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_student)
+    model.config.final_logit_softcapping = softcap
+    calls, apply = [], distill.batching.ChunkedLinearCrossEntropy.apply
+    monkeypatch.setattr(distill.batching.ChunkedLinearCrossEntropy, "apply",
+                        lambda hidden, *rest: (calls.append(len(hidden)), apply(hidden, *rest))[1])
+    out = []
+    for chunk in (0, 7):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out.append(losses_and_grads(model, samples, tok.pad_token_id, share_prompt=share, ce_chunk_tokens=chunk))
+    (ref_terms, ref_grad), (terms, grad) = out
+    rel, atol = (1e-5, 1e-6) if precision == "fp32" else (2e-2, 2e-3)
+    assert terms == pytest.approx(ref_terms, rel=rel)
+    assert torch.allclose(grad, ref_grad, atol=atol, rtol=rel)
+    assert grad.abs().max() > 1e-3  # gradients are really there
+    assert calls and all(n > 7 for n in calls)  # ... and came from the chunked path, several chunks per pass
+
+
+@pytest.mark.slow  # compiles FlexAttention's kernels (a minute on CPU)
+def test_flex_attention_packed_rows_give_the_same_losses(tiny_student, batch):
+    """train.attention=flex: the packing layout as a FlexAttention block mask gives the dense mask's losses
+    (forward only: torch has no FlexAttention backward on CPU; the GPU script compares gradients)."""
+    from distill.batching import use_flex_attention
+
+    tok, samples = batch
+    alphas = {"answer": 1.0, "a": 0.5, "b": 2.0}
+    out = []
+    for flex in (False, True):
+        model = transformers.AutoModelForCausalLM.from_pretrained(tiny_student).eval()
+        if flex:
+            use_flex_attention(model)
+        with torch.no_grad():
+            out.append(step_loss_terms(model, samples, tok.pad_token_id, alphas, 10_000))
+    assert out[1] == pytest.approx(out[0], rel=1e-5)
+
+
+def test_kernel_options_the_student_or_device_cannot_run_are_refused(tiny_student):
+    from distill.config import TrainConfig
+    from distill.errors import UserError
+    from distill.train import check_kernels
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_student)
+    with pytest.raises(UserError, match="train.attention=flex needs a CUDA GPU"):
+        check_kernels(TrainConfig(attention="flex"), model, torch.device("cpu"))
+    with pytest.raises(UserError, match="share_prompt=true"):
+        check_kernels(TrainConfig(attention="flex", share_prompt=False), model, torch.device("cuda"))
+    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(vocab_size=32, d_model=8, d_ff=16, d_kv=4,
+                                                                       num_layers=1, num_heads=2))
+    with pytest.raises(UserError, match="set train.ce_chunk_tokens=0"):
+        check_kernels(TrainConfig(ce_chunk_tokens=64), t5, torch.device("cpu"))
+    check_kernels(TrainConfig(ce_chunk_tokens=64), model, torch.device("cpu"))
+
+
 def test_micro_batching_changes_passes_not_gradients(tiny_student, batch):
     tok, samples = batch
     alphas = {"answer": 1.0, "a": 1.0, "b": 0.5}
