@@ -9,10 +9,15 @@ tokens). The baseline does what the paper's code does: per batch, three padded f
 per task), full-vocabulary logits at every position, through `transformers.Trainer`. TinyLLM runs
 all tasks of a step in length-sorted micro-batches and projects only target positions; by default it
 also packs each question's tasks into one row so their shared prompt tokens are computed once
-(`tinyllm-noshare` is the same trainer with `train.share_prompt=false`). All three see the same
+(`tinyllm-noshare` is the same trainer with `train.share_prompt=false`; `tinyllm-compile`, `-chunked`
+(`--ce-chunk-tokens`) and `-flex` turn on train.compile, train.ce_chunk_tokens and train.attention=flex
+alone, `tinyllm-fused` all three). All see the same
 prompts (`--task-position`, default `after`, the trainer's default for decoder-only students).
 Each implementation runs in its own process, so peak resident memory (ru_maxrss) is its own.
 Throughput = non-padding tokens of the steps / wall seconds of the steps (model loading excluded).
+Model FLOP/s = 6 x parameters x that throughput (the same count for every implementation); on a GPU
+the utilisation (MFU) divides it by the data sheet's dense peak (`--peak-tflops` for other devices).
+An implementation that fails is reported with its error; the others still run.
 
 On a GPU (`--device cuda`) the clock starts after `--warmup-steps` steps (CUDA context, kernel and
 allocator warm-up) and stops after a device synchronisation; both implementations then run in the
@@ -35,8 +40,13 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-IMPLS = ["tinyllm", "tinyllm-noshare", "hf", "tinyllm-compile"]
-DEFAULT_IMPLS = IMPLS[:3]  # tinyllm-compile (train.compile) on request: compiling takes a minute or more
+IMPLS = ["tinyllm", "tinyllm-noshare", "hf", "tinyllm-compile", "tinyllm-chunked", "tinyllm-flex", "tinyllm-fused"]
+DEFAULT_IMPLS = IMPLS[:3]  # the others on request: compiling takes a minute or more
+KERNELS = {  # implementation -> (train.compile, train.ce_chunk_tokens from --ce-chunk-tokens, train.attention=flex)
+    "tinyllm-compile": (True, False, False), "tinyllm-chunked": (False, True, False),
+    "tinyllm-flex": (False, False, True), "tinyllm-fused": (True, True, True)}
+PEAK_TFLOPS = {"bf16": {"H100": 989.0, "H200": 989.0, "A100": 312.0}, "fp32": {"H100": 67.0, "H200": 67.0, "A100": 19.5}}
+"""Dense peak of NVIDIA's data sheets (bf16 tensor cores; fp32 without TF32, torch's default), for MFU."""
 sys.path.insert(0, str(REPO))
 from distill.llama_runtime import cpu_model  # noqa: E402
 
@@ -79,7 +89,12 @@ def run_tinyllm(args) -> dict:
 
     model, tok, per_q = setup(args)
     model.train()
-    if args.impl == "tinyllm-compile":  # as train.compile; --warmup-steps keeps the compiling off the clock
+    compiled, chunked, flex = KERNELS.get(args.impl, (False, False, False))
+    if flex:  # as train.attention=flex
+        from distill.batching import use_flex_attention
+
+        use_flex_attention(model)
+    if compiled:  # as train.compile; --warmup-steps keeps the compiling off the clock
         from distill.train import compile_student
 
         compile_student(model)
@@ -95,12 +110,17 @@ def run_tinyllm(args) -> dict:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16"):  # as train.precision
             terms = step_loss_terms(model, samples, tok.pad_token_id, alphas, args.micro_batch_tokens,
-                                    backward=lambda loss: loss.backward(), share_prompt=args.impl != "tinyllm-noshare")
+                                    backward=lambda loss: loss.backward(), share_prompt=args.impl != "tinyllm-noshare",
+                                    ce_chunk_tokens=args.ce_chunk_tokens if chunked else 0)
         opt.step()
         tokens += sum(len(s.input_ids) for s in samples)
         losses.append(sum(terms.values()))
     sync(args)
-    return {"seconds": time.perf_counter() - start, "tokens": tokens, "losses": losses}
+    return {"seconds": time.perf_counter() - start, "tokens": tokens, "losses": losses, "params": n_params(model)}
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied embeddings once: the LM head's matmul
 
 
 def sync(args):
@@ -161,7 +181,7 @@ def run_hf(args) -> dict:
     trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(rows)  # same order as ours
     trainer.train()
     tokens = sum(len(r[t].input_ids) for r in timed for t in tasks)
-    return {"seconds": timing["end"] - timing["start"], "tokens": tokens, "losses": losses}
+    return {"seconds": timing["end"] - timing["start"], "tokens": tokens, "losses": losses, "params": n_params(model)}
 
 
 def main():
@@ -182,6 +202,10 @@ def main():
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=384)
     ap.add_argument("--micro-batch-tokens", type=int, default=1024)
+    ap.add_argument("--ce-chunk-tokens", type=int, default=1024, help="train.ce_chunk_tokens of tinyllm-chunked/-fused")
+    ap.add_argument("--impl-timeout", type=float, help="seconds one implementation may take (default: no limit)")
+    ap.add_argument("--peak-tflops", type=float, help="the device's dense peak for model-FLOPs utilisation (default: "
+                    "the data sheet's for H100/H200/A100 in the --precision)")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "obqa"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_throughput.json"))
@@ -201,32 +225,52 @@ def main():
     unknown = set(args.impls.split(",")) - set(IMPLS)
     if unknown:
         ap.error(f"--impls: unknown {', '.join(sorted(unknown))}; choose from {', '.join(IMPLS)}")
-    results = {}
-    for impl in args.impls.split(","):
-        cmd = [sys.executable, __file__, "--impl", impl] + [a for a in sys.argv[1:]]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        r = json.loads(out)
-        r["tokens_per_s"] = r["tokens"] / r["seconds"]
-        results[impl] = r
-        gpu = f"  peak GPU {r['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in r else ""
-        print(f"{impl:16s} {r['tokens_per_s']:7.1f} tok/s  peak RSS {r['peak_rss_mb']:6.0f} MB{gpu}  "
-              f"losses {', '.join(f'{x:.3f}' for x in r['losses'])}", flush=True)
-    speedup = None
-    if {"tinyllm", "hf"} <= results.keys():
-        speedup = results["tinyllm"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
-        print(f"speed-up {speedup:.2f}x over hf")
-    if {"tinyllm-noshare", "hf"} <= results.keys():
-        print(f"without sharing: {results['tinyllm-noshare']['tokens_per_s'] / results['hf']['tokens_per_s']:.2f}x over hf")
+    results, peak = {}, args.peak_tflops
+    if peak is None and args.device == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_TFLOPS[args.precision].items() if k in name), None)
     hardware = f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     if args.device == "cuda":
         hardware += f", {torch.cuda.get_device_name()}"
     report = {"command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]), "precision": args.precision,
               "device": args.device, "warmup_steps": args.warmup_steps,
               "weights": "random init from config.json" if args.random_init else "pretrained",
-              "hardware": hardware,
-              "speedup": speedup, "results": results}
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-
+              "hardware": hardware, "peak_tflops": peak,
+              "mfu": "6 x parameters x data tokens/s / peak_tflops (attention scores not counted)",
+              "speedup": None, "results": results}
+    for impl in args.impls.split(","):
+        cmd = [sys.executable, __file__, "--impl", impl] + [a for a in sys.argv[1:]]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.impl_timeout)
+            error = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1] if done.returncode else None
+        except subprocess.TimeoutExpired:
+            error = f"timed out after {args.impl_timeout} s"
+        if error:  # one implementation failing (a kernel this host lacks) leaves the others' figures
+            results[impl] = {"error": error}
+            print(f"{impl:16s} FAILED: {error}", flush=True)
+        else:
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            r["tokens_per_s"] = r["tokens"] / r["seconds"]
+            # Model FLOPs: 6 x parameters per token (forward + backward of every matmul, attention scores left
+            # out), over the data's tokens; the same count for every implementation, whatever it skips.
+            r["model_tflops_per_s"] = 6 * r["params"] * r["tokens_per_s"] / 1e12
+            if peak:
+                r["mfu"] = r["model_tflops_per_s"] / peak
+            results[impl] = r
+            gpu = f"  peak GPU {r['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in r else ""
+            mfu = f"  MFU {100 * r['mfu']:4.1f}%" if "mfu" in r else ""
+            print(f"{impl:16s} {r['tokens_per_s']:7.1f} tok/s  {r['model_tflops_per_s']:6.2f} TFLOP/s{mfu}  "
+                  f"peak RSS {r['peak_rss_mb']:6.0f} MB{gpu}  "
+                  f"losses {', '.join(f'{x:.3f}' for x in r['losses'])}", flush=True)
+        hf = results.get("hf", {}).get("tokens_per_s")
+        for name, r in results.items():
+            if hf and name != "hf" and "tokens_per_s" in r:
+                r["x_hf"] = r["tokens_per_s"] / hf
+        report["speedup"] = results.get("tinyllm", {}).get("x_hf")
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # after each: a killed run keeps what it measured
+    for name, r in results.items():
+        if "x_hf" in r:
+            print(f"{name}: {r['x_hf']:.2f}x over hf")
 
 if __name__ == "__main__":
     main()

@@ -171,6 +171,25 @@ def test_flex_attention_packed_rows_give_the_same_losses(tiny_student, batch):
     assert out[1] == pytest.approx(out[0], rel=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA (torch has none on "
+                    "CPU); scripts/gpu_train_bench.sh runs this test on a GPU host")
+@pytest.mark.parametrize("chunk", [0, 7])
+def test_flex_attention_gives_the_same_gradients_on_cuda(tiny_student, batch, chunk):
+    """train.attention=flex on a GPU: losses and gradients equal the dense mask's (fp32, 1e-4 relative,
+    1e-5 absolute), also with the chunked cross-entropy."""
+    from distill.batching import use_flex_attention
+
+    tok, samples = batch
+    out = []
+    for flex in (False, True):
+        model = transformers.AutoModelForCausalLM.from_pretrained(tiny_student).cuda()
+        if flex:
+            use_flex_attention(model)
+        out.append(losses_and_grads(model, samples, tok.pad_token_id, ce_chunk_tokens=chunk))
+    assert out[1][0] == pytest.approx(out[0][0], rel=1e-4)
+    assert torch.allclose(out[1][1], out[0][1], atol=1e-5, rtol=1e-4)
+
+
 def test_kernel_options_the_student_or_device_cannot_run_are_refused(tiny_student):
     from distill.config import TrainConfig
     from distill.errors import UserError
