@@ -57,8 +57,8 @@ def main(overrides, config, limit, contestants, threads, student, out, no_mlflow
     from bench.run import bench
 
     report = bench(cfg, student_dir if student_dir.exists() else None, out_dir, track=not no_mlflow)
-    click.echo(f"\nreport: {out_dir / 'report.md'}  plots: {out_dir / 'accuracy_vs_latency.png'}, "
-               f"{out_dir / 'accuracy_vs_size.png'}")
+    plots = [str(p) for p in (out_dir / "accuracy_vs_latency.png", out_dir / "accuracy_vs_size.png") if p.exists()]
+    click.echo(f"\nreport: {out_dir / 'report.md'}" + (f"  plots: {', '.join(plots)}" if plots else ""))
     failed = [f"{c['name']} ({c['status']})" for c in report["contestants"] if c["status"] != "ok"]
     if failed:
         click.secho(f"error: {len(failed)} of {len(report['contestants'])} contestant(s) did not finish: "

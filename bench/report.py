@@ -59,7 +59,12 @@ def write_report(results: list[dict], meta: dict, out: Path) -> dict:
     (out / "report.md").write_text("\n".join(lines) + "\n")
     report = {"meta": meta, "contestants": results}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(ok, out)
+    try:
+        plot(ok, out)
+    except ModuleNotFoundError as exc:  # a host with torch only (scripts/gpu_check.sh): the figures, not the pictures
+        if exc.name != "matplotlib":
+            raise
+        lines += ["", "Plots skipped: matplotlib is not installed here (pip install matplotlib)."]
     print("\n".join(lines))
     return report
 

@@ -8,6 +8,7 @@
 # Prints tok/s, model-FLOPs utilisation and peak GPU memory per implementation and writes a JSON.
 #
 #   bash scripts/gpu_train_bench.sh --prepare     # here, once: .dev/ (git-ignored) gets what the host needs
+#                                                 # (also what scripts/gpu_check.sh needs on a bare host)
 #   bash scripts/gpu_train_bench.sh [OUT.json]    # on the GPU host (plain python3 with torch + transformers,
 #                                                 # pytest; no install of this project needed)
 # Through the device tool: run(command="bash scripts/gpu_train_bench.sh $OUT/train_throughput_h200_kernels.json",
@@ -19,6 +20,19 @@ if [ "${1:-}" = --prepare ]; then
   cp -r ../shared/data/obqa/tinyllm .dev/data/obqa/
   .venv/bin/python -c "from distill.models import load_causal_lm; m, t, _ = load_causal_lm('smollm2-135m-instruct'); \
 m.config.save_pretrained('.dev/smollm2-arch'); t.save_pretrained('.dev/smollm2-arch')"
+  # scripts/gpu_check.sh's student on a host without the packaged models: SmolLM2's tokenizer, a small random
+  # llama (128 wide, 2 layers; 14 MB in bf16), enough to run every stage, not to learn.
+  .venv/bin/python - <<'PY'
+import torch, transformers
+tok = transformers.AutoTokenizer.from_pretrained(".dev/smollm2-arch")
+torch.manual_seed(0)
+cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                               pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(".dev/small-student")
+tok.save_pretrained(".dev/small-student")
+PY
   du -sh .dev
   exit 0
 fi
