@@ -340,10 +340,11 @@ class LlamaCppRunner:
     """A GGUF model in llama.cpp: `answers` of many prompts (export's checks), `answer` of one, streamed
     and timed as a device runs it (bench), and `option_logprobs`."""
 
-    def __init__(self, path: str, threads: int | None = None, n_ctx: int = 2048, chat: bool = False):
+    def __init__(self, path: str, threads: int | None = None, n_ctx: int = 2048, chat: bool = False,
+                 lora: str | None = None):
         from distill.llama_runtime import open_gguf
 
-        self.llm = open_gguf(path, n_ctx=n_ctx, threads=threads)
+        self.llm = open_gguf(path, n_ctx=n_ctx, threads=threads, **({"lora_path": lora} if lora else {}))
         self.chat = chat
         self.add_bos = self.llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
         self.path, self.threads, self.n_ctx = path, threads, n_ctx

@@ -59,11 +59,12 @@ def gguf_answers(path: Path, fmt, examples, threads: int | None = None, task: st
                 prompts=[fmt.answer_prompt(ex) for ex in examples], threads=threads, task=task)
 
 
-def answer_prompts(path: str, prompts: list[str], threads: int | None = None, task: str = "auto gguf") -> list[str]:
-    """(child process) The first line of llama.cpp's greedy completion of each prompt."""
+def answer_prompts(path: str, prompts: list[str], threads: int | None = None, task: str = "auto gguf",
+                   lora: str | None = None) -> list[str]:
+    """(child process) The first line of llama.cpp's greedy completion of each prompt (with `lora` applied)."""
     from distill.inference import LlamaCppRunner
 
-    runner = LlamaCppRunner(path, threads)
+    runner = LlamaCppRunner(path, threads, lora=lora)
     progress = Progress(task, len(prompts), log, unit="questions")
     try:
         return [a.strip() for a in runner.answers(prompts, progress=progress.update)]

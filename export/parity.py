@@ -35,9 +35,9 @@ def torch_logits(model, ids: list[int]) -> np.ndarray:
     return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
 
 
-def gguf_parity(model, tok, gguf_file, prompts: list[str], threads: int | None = None) -> dict:
+def gguf_parity(model, tok, gguf_file, prompts: list[str], threads: int | None = None, lora: str | None = None) -> dict:
     """llama.cpp runs in a child process (`distill.llama_runtime.call`): a file that kills it is a one-sentence
-    LlamaCrash here, and the export's files are kept."""
+    LlamaCrash here, and the export's files are kept. `lora`: a LoRA adapter GGUF applied on top."""
     import tempfile
 
     from distill.llama_runtime import call
@@ -45,18 +45,20 @@ def gguf_parity(model, tok, gguf_file, prompts: list[str], threads: int | None =
     ids = [tok(p)["input_ids"] for p in prompts]
     with tempfile.TemporaryDirectory(prefix="tinyllm-parity-") as tmp:
         same = call("export.parity:gguf_logits", f"checking {Path(gguf_file).name} against torch",
-                    path=str(gguf_file), prompts=prompts, ids=ids, out_dir=tmp, threads=threads)
+                    path=str(gguf_file), prompts=prompts, ids=ids, out_dir=tmp, threads=threads, lora=lora)
         per = [_compare(torch_logits(model, i), np.load(Path(tmp) / f"{k}.npy")) for k, i in enumerate(ids)]
     return summarize(per, same)
 
 
-def gguf_logits(path: str, prompts: list[str], ids: list[list[int]], out_dir: str, threads: int | None = None) -> list[bool]:
+def gguf_logits(path: str, prompts: list[str], ids: list[list[int]], out_dir: str, threads: int | None = None,
+                lora: str | None = None) -> list[bool]:
     """(child process) llama.cpp's logits at every position of each prompt's torch token ids, one
     `<k>.npy` per prompt in `out_dir`; returns whether llama.cpp tokenizes each prompt to those ids."""
     from distill.llama_runtime import open_gguf
 
     longest = max(len(i) for i in ids)
-    llm = open_gguf(path, n_ctx=max(512, longest + 8), threads=threads, logits_all=True)
+    llm = open_gguf(path, n_ctx=max(512, longest + 8), threads=threads, logits_all=True,
+                    **({"lora_path": lora} if lora else {}))
     try:
         add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
         same = []

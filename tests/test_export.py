@@ -597,3 +597,46 @@ def test_dry_run_shows_the_students_own_data_and_an_existing_out(tiny_bpe_studen
     plan = json.loads(r.stdout[r.stdout.rindex("{"):])
     assert plan["data"] == "demo" and plan["out_exists"] == "refused without --overwrite"
     assert "name: demo" in r.stdout and "tinyllm-obqa" not in r.stdout
+
+
+def test_delta_adapter_puts_the_fine_tuning_back_on_the_pretrained_base(tiny_bpe_student, tmp_path):
+    """A 'trained' student = its base + a rank-2 change to every matrix + changed norms. llama.cpp with the
+    base matrices alone misses the change; with the rank-2 delta adapter (export/adapter.py, applied through
+    llama.cpp's LoRA path) it gives the student's logits, up to f16 rounding."""
+    import shutil
+
+    import torch
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    from export.adapter import base_student, write_delta_adapter
+    from export.gguf import write_f16
+    from export.parity import gguf_parity
+
+    student = tmp_path / "student"
+    shutil.copytree(tiny_bpe_student, student)
+    state = load_file(str(student / "model.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    for name, t in state.items():
+        if t.dim() == 2 and "embed" not in name:
+            u, v = torch.randn(t.shape[0], 2, generator=g), torch.randn(2, t.shape[1], generator=g)
+            state[name] = t + 0.05 * u @ v
+        elif t.dim() == 1:
+            state[name] = t * 1.1
+    save_file(state, str(student / "model.safetensors"))
+    model = transformers.AutoModelForCausalLM.from_pretrained(student).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(student)
+    prompts = ["Q: Which is a metal?\nAnswer Choices:\n(a) iron\n(b) wood\npredict: Answer: iron"] * 3
+
+    base = base_student(student, tiny_bpe_student, tmp_path / "base")
+    write_f16(base, tmp_path / "base.gguf")
+    info = write_delta_adapter(student, tiny_bpe_student, tmp_path / "adapter.gguf", rank=2)
+    assert info["matrices"] == 14 and info["energy_kept_min"] > 0.999  # 2 layers x 7 matrices, all of a rank-2 change
+    alone = gguf_parity(model, tok, tmp_path / "base.gguf", prompts)
+    adapted = gguf_parity(model, tok, tmp_path / "base.gguf", prompts, lora=str(tmp_path / "adapter.gguf"))
+    assert adapted["max_abs_logit_diff"] < 0.5 and adapted["top1_agreement"] == 1.0  # f16's own bound (test above)
+    assert alone["max_abs_logit_diff"] > 10 * adapted["max_abs_logit_diff"] and alone["mean_kl"] > 100 * adapted["mean_kl"]
+    # The base folder keeps the student's own norms and everything but the weights.
+    b = load_file(str(base / "model.safetensors"))
+    assert torch.equal(b["model.norm.weight"], state["model.norm.weight"])
+    assert (base / "tokenizer.json").read_text() == (student / "tokenizer.json").read_text()
