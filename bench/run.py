@@ -38,10 +38,13 @@ def discover(cfg: Config, student: Path | None) -> list[dict]:
                 continue
             p = json.loads(parity.read_text())
             if p["format"] == "gguf":
-                f = d / p["file"]
-                found.append({"name": f"student-gguf-{'auto-' if p.get('auto') else ''}{p['quant']}",
+                f, ad = d / p["file"], p.get("adapter")  # ad: export.adapter_rank's LoRA file, loaded with the base
+                found.append({"name": f"student-gguf-{'auto-' if p.get('auto') else ''}{p['quant']}"
+                                      + (f"-r{ad['rank']}" if ad else ""),
                               "kind": "student-gguf", "role": "student",
-                              "runtime": f"llama.cpp {p['quant']}", "path": str(f), "size_bytes": f.stat().st_size,
+                              "runtime": f"llama.cpp {p['quant']}" + (f" + rank-{ad['rank']} adapter" if ad else ""),
+                              "path": str(f), "lora": str(d / ad["file"]) if ad else None,
+                              "size_bytes": f.stat().st_size + ((d / ad["file"]).stat().st_size if ad else 0),
                               "parity_passed": p["passed"]})
             else:
                 found.append({"name": f"student-onnx-{p['quant']}", "kind": "student-onnx", "role": "student",

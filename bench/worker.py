@@ -63,7 +63,7 @@ def build_runner(spec: dict, threads: int, device: str = "cpu"):
         return HFRunner(ort_class.from_pretrained(spec["path"], session_options=opts, provider=provider),
                         AutoTokenizer.from_pretrained(spec["path"]))
     if kind == "student-gguf":
-        return LlamaCppRunner(spec["path"], threads)
+        return LlamaCppRunner(spec["path"], threads, lora=spec.get("lora"))
     if kind == "teacher":
         from distill.config import TeacherConfig
 

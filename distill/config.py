@@ -260,6 +260,15 @@ class ExportConfig:
     default until that is understood. Or a file from llama-imatrix (.dat or .gguf)."""
     imatrix_questions: int = 512
     """Training questions the auto importance matrix is computed on (one forward pass each)."""
+    adapter_rank: int = 0
+    """GGUF below f16: 0 = quantize the trained student. R: quantize the *pretrained* matrices (with the
+    trained norms) and ship the fine-tuning delta beside them as a rank-R f16 LoRA adapter
+    (adapter-r<R>.gguf, which llama.cpp, llama-server and Ollama add at load). Fine-tuning moves a student
+    that came from a 4-bit file by less than one 4-bit step, so plain re-quantization rounds most of it
+    away; the adapter keeps it (benchmarks/results/obqa_delta_adapter.md). Not with --quant auto."""
+    adapter_base: str | None = None
+    """The model the student was trained from (a packaged name, GGUF or model folder); default: the
+    student.model of the run the student came from (its resolved_config.yaml)."""
 
 
 @dataclass
@@ -598,6 +607,8 @@ def validate(cfg: Config) -> None:
     for key in ("micro_batch_tokens", "max_length", "log_every"):
         if getattr(tc, key) < 1:
             raise UserError(f"train.{key} must be at least 1, got {getattr(tc, key)}.")
+    if cfg.export.adapter_rank < 0:
+        raise UserError(f"export.adapter_rank must be >= 0 (0 = no adapter), got {cfg.export.adapter_rank}.")
     for key in ("eval_every", "save_every", "ce_chunk_tokens"):
         if getattr(tc, key) < 0:
             raise UserError(f"train.{key} must be >= 0 (0 = off), got {getattr(tc, key)}.")

@@ -40,6 +40,9 @@ def split_source(source: str | None, overrides: tuple[str, ...]) -> tuple[str | 
 @click.option("--imatrix", help="gguf below 8 bits: none (default), auto (an importance matrix from the student's "
               "own training questions, saved as imatrix.dat; measured worse on the OBQA student), or a llama-imatrix "
               "file (export.imatrix).")
+@click.option("--adapter-rank", type=int, help="gguf below f16: quantize the pretrained student's matrices and ship the "
+              "fine-tuning as a rank-N f16 LoRA adapter beside them (export.adapter_rank; keeps what training changed "
+              "where plain 4-bit rounds it away; base from export.adapter_base or the student's run).")
 @click.option("--max-drop", type=float, help="--quant auto: exact-match points a GGUF may lose against torch "
               "(export.max_accuracy_drop, default 1).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (self-contained: model, tokenizer, "
@@ -53,7 +56,7 @@ def split_source(source: str | None, overrides: tuple[str, ...]) -> tuple[str | 
 @click.option("--verbose", is_flag=True, help="Show the converters' own output (optimum's tracer warnings, llama.cpp's "
               "per-tensor lines) instead of writing it to <out>/export.log.")
 @user_errors
-def main(source, overrides, fmt, quant, imatrix, max_drop, out, run_id, config, dry_run, no_mlflow, overwrite, verbose):
+def main(source, overrides, fmt, quant, imatrix, adapter_rank, max_drop, out, run_id, config, dry_run, no_mlflow, overwrite, verbose):
     """Turn a trained student (SOURCE: a local folder, runs:/… or models:/name/version) into ONNX or GGUF.
 
     Every export is checked against the torch model on real prompts; a parity failure exits
@@ -73,10 +76,13 @@ def main(source, overrides, fmt, quant, imatrix, max_drop, out, run_id, config, 
         overrides = (*overrides, f"export.max_accuracy_drop={max_drop}")
     if imatrix is not None:
         overrides = (*overrides, f"export.imatrix={imatrix}")
+    if adapter_rank is not None:
+        overrides = (*overrides, f"export.adapter_rank={adapter_rank}")
     cfg = load_config(config, overrides)
     # Default: beside the student, where tinyllm-bench looks for its exported forms.
     student = Path(source) if source and Path(source).is_dir() else layout.student_dir(cfg.output_dir)
-    out_dir = Path(out) if out else layout.export_dir(student, fmt, quant)
+    rank = cfg.export.adapter_rank if fmt == "gguf" else 0
+    out_dir = Path(out) if out else layout.export_dir(student, fmt, f"{quant}-r{rank}" if rank else quant)
     if dry_run:
         from export.source import for_student
 

@@ -48,9 +48,10 @@ def chat_template(student: Path) -> str:
 OLLAMA_NUM_CTX = 2048  # the context every TinyLLM llama.cpp path answers in (bench, --quant auto)
 
 
-def modelfile(student: Path, gguf_name: str) -> str:
+def modelfile(student: Path, gguf_name: str, adapter: str | None = None) -> str:
     """An Ollama Modelfile that asks the student its way: TEMPLATE = the stored prompt format around the
-    user's message (the question block), greedy, one line, as bench scores it."""
+    user's message (the question block), greedy, one line, as bench scores it; `adapter`: the LoRA file
+    (export.adapter_rank) Ollama adds to the base."""
     from distill.student import PromptFormat
 
     fmt = PromptFormat.load(student)
@@ -64,6 +65,7 @@ def modelfile(student: Path, gguf_name: str) -> str:
         "# The user message is the question block (Q: …\\nAnswer Choices:\\n(a) …); the template adds the task",
         "# prefix and the answer cue; the student replies with the text of the option it picks, on one line.",
         f"FROM ./{gguf_name}",
+        *([f"ADAPTER ./{adapter}"] if adapter else []),
         f'TEMPLATE """{head}{{{{ .Prompt }}}}{tail}"""',
         'PARAMETER stop "\\n"',
         "PARAMETER temperature 0",

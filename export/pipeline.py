@@ -57,6 +57,42 @@ def importance_matrix(student: Path, cfg: Config, model, tok, arch_name: str, ou
                   "tensors": len(means)}
 
 
+def adapter_base(student: Path, cfg: Config) -> str:
+    """export.adapter_rank: the model the student was trained from (export.adapter_base, else its run's
+    student.model)."""
+    if cfg.export.adapter_base:
+        return cfg.export.adapter_base
+    resolved = layout.run_of(student) / layout.RESOLVED_CONFIG
+    if resolved.exists():
+        import yaml
+
+        base = (yaml.safe_load(resolved.read_text()) or {}).get("student", {}).get("model")
+        if base and Path(base).resolve() != student.resolve():
+            return base
+    raise UserError(f"export.adapter_rank needs the model {student} was trained from, and no run config beside it "
+                    "names one; pass export.adapter_base=<packaged name, GGUF or folder>.")
+
+
+def adapter_export(student: Path, pretrained: str, out: Path, f16: Path, rank: int) -> dict:
+    """The base (pretrained matrices, trained norms) as f16 GGUF at `f16`, and the delta as adapter-r<rank>.gguf."""
+    from distill.models import load_causal_lm
+    from export import gguf as gguf_mod
+    from export.adapter import base_student, write_delta_adapter
+
+    work = out / "adapter-work"
+    log(f"[export] export.adapter_rank={rank}: base from the pretrained {pretrained}, the fine-tuning as a rank-{rank} adapter")
+    model, tok, _ = load_causal_lm(pretrained)
+    model.save_pretrained(work / "pretrained")
+    tok.save_pretrained(work / "pretrained")
+    base = base_student(student, work / "pretrained", work / "base")
+    info = gguf_mod.write_f16(base, f16)
+    adapter = out / f"adapter-r{rank}.gguf"
+    info["adapter"] = {"file": adapter.name, "base": pretrained,
+                       **write_delta_adapter(student, work / "pretrained", adapter, rank)}
+    shutil.rmtree(work)
+    return info
+
+
 def check_student(student: Path) -> None:
     """Weights present and readable, before any work is done."""
     weights = sorted(student.glob("*.safetensors"))
@@ -104,6 +140,12 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
             from export.imatrix import load
 
             load(Path(cfg.export.imatrix))
+    rank = cfg.export.adapter_rank if fmt == "gguf" else 0
+    if rank and quant in ("auto", "f16"):
+        raise UserError(f"export.adapter_rank={rank} ships a quantized pretrained base with the fine-tuning as a "
+                        f"LoRA adapter; with --quant {quant} there is nothing to keep it from, so pick a quant "
+                        "type (e.g. --quant q4_1) or set export.adapter_rank=0.")
+    pretrained = adapter_base(student, cfg) if rank else None
     if quant == "auto":  # refused before any work when the student's data has no validation split
         from export.auto import validation_questions
 
@@ -128,7 +170,10 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     auto = None
     if fmt == "gguf":
         f16 = out / "student-f16.gguf"
-        info = gguf_mod.write_f16(student, f16)
+        if rank:
+            info = adapter_export(student, pretrained, out, f16, rank)
+        else:
+            info = gguf_mod.write_f16(student, f16)
         model_file = f16
         imatrix_file = None
         if quant == "auto" or quant in BELOW_8_BITS:
@@ -174,7 +219,8 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     prompts, prompt_source = task_prompts(student, cfg, cfg.export.parity_prompts)
     if fmt == "gguf":
         try:
-            report = parity.gguf_parity(model, tok, out / info["file"], prompts)
+            report = parity.gguf_parity(model, tok, out / info["file"], prompts,
+                                        lora=str(out / info["adapter"]["file"]) if rank else None)
         except LlamaCrash as exc:
             raise ParityFailure(f"{str(exc).rstrip('.')}; the files are kept in {out}.") from None
     elif hf_cfg.get("is_encoder_decoder"):
@@ -196,12 +242,14 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     report.update({"format": fmt, "quant": quant, "prompt_source": prompt_source, "checks": checks,
                    "passed": all(checks.values()), "export_seconds": round(seconds, 2), "student": str(student),
                    "size_bytes": sum(f.stat().st_size for f in out.glob("*.onnx*")) if fmt == "onnx"
-                   else (out / info["file"]).stat().st_size, "hardware": hardware(),
+                   else sum((out / f).stat().st_size for f in (info["file"], *([info["adapter"]["file"]] if rank else []))),
+                   "hardware": hardware(),
                    **info, **({"auto": auto} if auto else {})})
     (out / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "README.md").write_text(device_readme(fmt, quant, out, info, report, student))
     if fmt == "gguf":
-        (out / "Modelfile").write_text(gguf_mod.modelfile(student, info["file"]))
+        (out / "Modelfile").write_text(gguf_mod.modelfile(student, info["file"],
+                                                          adapter=info["adapter"]["file"] if rank else None))
     if final.exists():
         shutil.rmtree(final)
     out.rename(final)
@@ -252,17 +300,22 @@ def device_readme(fmt: str, quant: str, out: Path, info: dict, report: dict, stu
     if fmt == "gguf":
         from export.gguf import OLLAMA_NUM_CTX
 
+        lora = f" --lora {info['adapter']['file']}" if "adapter" in info else ""
         lines += ["## Run with llama.cpp", "", "```bash",
-                  f"llama-cli -m {info['file']} --temp 0 -n 32 -no-cnv -p \"$(printf "
+                  f"llama-cli -m {info['file']}{lora} --temp 0 -n 32 -no-cnv -p \"$(printf "
                   f"'{prompt.replace(chr(10), chr(92) + 'n')}')\"",
-                  f"llama-server -m {info['file']} --host 127.0.0.1 --port 8080 --jinja   # chat template = the "
+                  f"llama-server -m {info['file']}{lora} --host 127.0.0.1 --port 8080 --jinja   # chat template = the "
                   "prompt format",
-                  f"python -m llama_cpp.server --model {info['file']} --host 127.0.0.1 --port 8080   # the same "
-                  "server from llama-cpp-python",
+                  f"python -m llama_cpp.server --model {info['file']}"
+                  + (f" --lora_path {info['adapter']['file']}" if lora else "")
+                  + " --host 127.0.0.1 --port 8080   # the same server from llama-cpp-python",
                   "ollama create tinyllm-student -f Modelfile && ollama run tinyllm-student",
                   "```", "",
                   "`-no-cnv` keeps llama-cli to one completion (it starts a conversation when the file has a chat "
                   "template).",
+                  *([f"`{info['file']}` holds the pretrained student's matrices ({info['adapter']['base']}) and "
+                     f"`{info['adapter']['file']}` what training changed (rank {info['adapter']['rank']}): "
+                     "always load both; the base alone is close to the untrained model."] if lora else []),
                   "With either server's chat API (`/v1/chat/completions`), send the question block (`Q: …\\nAnswer "
                   "Choices:\\n(a) …`)",
                   "as the user message, with `temperature: 0`, `repeat_penalty: 1` (llama_cpp.server's default is 1.1) "

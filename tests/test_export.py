@@ -599,22 +599,14 @@ def test_dry_run_shows_the_students_own_data_and_an_existing_out(tiny_bpe_studen
     assert "name: demo" in r.stdout and "tinyllm-obqa" not in r.stdout
 
 
-def test_delta_adapter_puts_the_fine_tuning_back_on_the_pretrained_base(tiny_bpe_student, tmp_path):
-    """A 'trained' student = its base + a rank-2 change to every matrix + changed norms. llama.cpp with the
-    base matrices alone misses the change; with the rank-2 delta adapter (export/adapter.py, applied through
-    llama.cpp's LoRA path) it gives the student's logits, up to f16 rounding."""
+def low_rank_trained(base: Path, student: Path):
+    """A stand-in for a fine-tuned student: `base` + a rank-2 change to every matrix, norms scaled by 1.1."""
     import shutil
 
     import torch
-    import transformers
     from safetensors.torch import load_file, save_file
 
-    from export.adapter import base_student, write_delta_adapter
-    from export.gguf import write_f16
-    from export.parity import gguf_parity
-
-    student = tmp_path / "student"
-    shutil.copytree(tiny_bpe_student, student)
+    shutil.copytree(base, student)
     state = load_file(str(student / "model.safetensors"))
     g = torch.Generator().manual_seed(0)
     for name, t in state.items():
@@ -624,6 +616,48 @@ def test_delta_adapter_puts_the_fine_tuning_back_on_the_pretrained_base(tiny_bpe
         elif t.dim() == 1:
             state[name] = t * 1.1
     save_file(state, str(student / "model.safetensors"))
+    return student, state
+
+
+def test_export_with_adapter_rank_ships_base_and_adapter_that_bench_loads_together(tiny_bpe_student, tmp_path):
+    """--adapter-rank: the folder holds the quantized base and the LoRA file; parity is of the two together,
+    the Modelfile and README load both, and bench finds them as one contestant."""
+    student, _ = low_rank_trained(tiny_bpe_student, tmp_path / "run" / "student")
+    r = export(str(student), "--format", "gguf", "--quant", "q8_0", "--adapter-rank", "2", "--no-mlflow", cwd=tmp_path)
+    assert r.returncode == 2 and "export.adapter_base=" in r.stderr and "Traceback" not in r.stderr  # no run names the base
+    r = export(str(student), "--format", "gguf", "--quant", "q8_0", "--adapter-rank", "2",
+               f"export.adapter_base={tiny_bpe_student}", "--no-mlflow",
+               "export.min_top1_agreement.q8_0=0.8", "export.max_mean_kl.q8_0=0.1", cwd=tmp_path)  # the tiny model's q8_0 bounds
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "run" / "exports" / "gguf-q8_0-r2"
+    report = json.loads((out / "parity.json").read_text())
+    assert report["passed"] and report["adapter"]["file"] == "adapter-r2.gguf" and report["adapter"]["rank"] == 2
+    assert report["size_bytes"] == (out / "student-q8_0.gguf").stat().st_size + (out / "adapter-r2.gguf").stat().st_size
+    assert "ADAPTER ./adapter-r2.gguf" in (out / "Modelfile").read_text()
+    assert "--lora adapter-r2.gguf" in (out / "README.md").read_text()
+    assert not (out / "adapter-work").exists() and not (out / "student-f16.gguf").exists()
+    from bench.run import discover
+    from distill.config import load_config
+
+    (found,) = [c for c in discover(load_config(None), student) if c["kind"] == "student-gguf"]
+    assert found["name"] == "student-gguf-q8_0-r2" and found["lora"] == str(out / "adapter-r2.gguf")
+    r = export(str(student), "--format", "gguf", "--quant", "auto", "--adapter-rank", "2", "--no-mlflow", cwd=tmp_path)
+    assert r.returncode == 2 and "export.adapter_rank=0" in r.stderr
+
+
+def test_delta_adapter_puts_the_fine_tuning_back_on_the_pretrained_base(tiny_bpe_student, tmp_path):
+    """A 'trained' student = its base + a rank-2 change to every matrix + changed norms. llama.cpp with the
+    base matrices alone misses the change; with the rank-2 delta adapter (export/adapter.py, applied through
+    llama.cpp's LoRA path) it gives the student's logits, up to f16 rounding."""
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    from export.adapter import base_student, write_delta_adapter
+    from export.gguf import write_f16
+    from export.parity import gguf_parity
+
+    student, state = low_rank_trained(tiny_bpe_student, tmp_path / "student")
     model = transformers.AutoModelForCausalLM.from_pretrained(student).eval()
     tok = transformers.AutoTokenizer.from_pretrained(student)
     prompts = ["Q: Which is a metal?\nAnswer Choices:\n(a) iron\n(b) wood\npredict: Answer: iron"] * 3
