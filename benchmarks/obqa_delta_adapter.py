@@ -72,7 +72,7 @@ def main():
         if not f.exists():
             t0 = time.time()
             f.write_text(json.dumps({"answers": fn(), "seconds": time.time() - t0}))
-        return json.loads(f.read_text())["answers"]
+        return [a.strip() for a in json.loads(f.read_text())["answers"]]  # torch's keep the space before the text
 
     forms = {"torch": cached("torch", lambda: torch_answers(args.student, fmt, exs)),
              "untrained": cached("untrained", lambda: torch_answers(pre, fmt, exs))}
