@@ -2,9 +2,9 @@
 what training changed, kept in f16.
 
 Why: a student fine-tuned from a quantized checkpoint (the packaged SmolLM2 is dequantized from Q4_1) moves
-its weights by a fraction of one 4-bit step (0.1-0.5% of each matrix's norm after 40 steps at lr 5e-5),
+its weights by a fraction of one 4-bit step (0.06-0.5% of each matrix's norm after 40 steps at lr 5e-5),
 so re-quantizing the trained weights rounds most of the change away: the q4_1 file of such a student is
-close to the untrained model. The delta W_trained - W_pretrained is nearly low-rank (rank 32 holds 60-95%
+close to the untrained model. The delta W_trained - W_pretrained is nearly low-rank (rank 32 holds 57-94%
 of its energy per matrix), so a rank-r SVD of it, stored as llama.cpp's `lora_a`/`lora_b` pairs and added
 at load (`Llama(lora_path=...)`, `llama-cli --lora`, Ollama's `ADAPTER`), brings the change back on top
 of a base quantized from the pretrained weights, which lose nothing when they were on a 4-bit grid already.
