@@ -1,5 +1,6 @@
-"""The fine-tuning delta as a llama.cpp LoRA adapter: a 4-bit base that is the *pretrained* student, plus
-what training changed, kept in f16.
+"""The fine-tuning delta as a llama.cpp LoRA adapter beside a 4-bit base built from the pretrained student.
+
+The base holds the *pretrained* matrices; what training changed rides beside them in f16.
 
 Why: a student fine-tuned from a quantized checkpoint (the packaged SmolLM2 is dequantized from Q4_1) moves
 its weights by a fraction of one 4-bit step (0.06-0.5% of each matrix's norm after 40 steps at lr 5e-5),
