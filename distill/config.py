@@ -636,6 +636,9 @@ def write_resolved(cfg: Config, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"output_dir {out} is a file, not a folder; set output_dir=<folder> (a new or existing folder).")
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"output_dir {out} is a link to {os.readlink(out)}, which does not exist; create that folder "
+                        "or remove the link.")
     out.mkdir(parents=True, exist_ok=True)
     path = out / layout.RESOLVED_CONFIG
     path.write_text(dump_yaml(cfg), encoding="utf-8")

@@ -44,6 +44,9 @@ def test_an_output_dir_that_is_a_file_is_one_sentence(tmp_path):
     (tmp_path / "taken").write_text("not a folder")
     with pytest.raises(UserError, match=r"output_dir .*taken is a file, not a folder; set output_dir="):
         write_resolved(Config(), tmp_path / "taken")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")  # state kept outside the checkout, lost with its machine
+    with pytest.raises(UserError, match=r"output_dir .*link is a link to .*gone, which does not exist; create that"):
+        write_resolved(Config(), tmp_path / "link")
 
 
 def test_a_teacher_model_that_is_not_a_gguf_is_one_sentence(tmp_path):
