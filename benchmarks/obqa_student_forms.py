@@ -6,7 +6,8 @@ teachers: does the student a user ships keep what distillation taught it?
 
 The student is the paper table's OBQA TinyLLM cell (`runs/paper/obqa/tinyllm/student`; its command is in
 benchmarks/results/paper_table_cpu.md). Steps, each skipped when its output exists:
-1. `tinyllm-export` to GGUF f16/q8_0/q6_k/q5_k_m/q4_k_m/q4_0, ONNX fp32/int8, and `--quant auto` (chosen on
+1. `tinyllm-export` to GGUF f16/q8_0/q6_k/q5_k_m/q4_k_m/q4_1/q4_0, q4_1 with the fine-tuning as a rank-8 and
+   a rank-16 adapter (`--adapter-rank`), ONNX fp32/int8/int4, and `--quant auto` (chosen on
    the 500 *validation* questions, `--max-drop 1`).
 2. `tinyllm-bench` once per contestant (`--contestants <one>`, its own report folder, so a killed run
    resumes at the next contestant), with the packaged teachers as the teacher rows. Nothing else runs
@@ -35,7 +36,10 @@ RUN = REPO / "runs" / "paper" / "obqa" / "tinyllm"
 STUDENT = RUN / "student"
 BENCH = RUN / "forms-bench"
 RESULTS = REPO / "benchmarks" / "results"
-EXPORTS = [("gguf", q) for q in ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")] + [("onnx", "none"), ("onnx", "int8")]
+EXPORTS = ([("gguf", q, 0) for q in ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_1", "q4_0")]
+           + [("gguf", "q4_1", r) for r in (8, 16)]  # the pretrained base + the fine-tuning as a rank-r adapter
+           + [("onnx", "none", 0), ("onnx", "int8", 0), ("onnx", "int4", 0)])
+"""(format, quant, export.adapter_rank)."""
 TEACHERS = ("teachers=[{name: smollm2, backend: llama.cpp, model: smollm2-135m-instruct, max_new_tokens: 64}, "
             "{name: gemma3, backend: llama.cpp, model: gemma3-270m, max_new_tokens: 64}]")
 BUDGET_POINTS = 1.0
@@ -52,10 +56,12 @@ def sh(cmd: list[str], log: list[dict], what: str) -> None:
 
 
 def export_all(steps: list[dict]) -> None:
-    for fmt, quant in EXPORTS:
-        if (RUN / "exports" / f"{fmt}-{quant}" / "parity.json").exists():
+    for fmt, quant, rank in EXPORTS:
+        name = f"{fmt}-{quant}" + (f"-r{rank}" if rank else "")
+        if (RUN / "exports" / name / "parity.json").exists():
             continue
-        sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", fmt, "--quant", quant], steps, f"export {fmt} {quant}")
+        sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", fmt, "--quant", quant,
+            *(["--adapter-rank", str(rank)] if rank else [])], steps, f"export {name}")
     if not (RUN / "exports" / "gguf-auto" / "parity.json").exists():
         sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", "auto", "--max-drop",
             f"{BUDGET_POINTS:g}", "--out", str(RUN / "exports" / "gguf-auto"), "export.auto_questions=500"],
