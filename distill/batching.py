@@ -172,8 +172,8 @@ def _losses(run, labels, weights, chunk):
 
 
 def token_losses(model, batch: list[Sample], pad_id: int, weights=None, chunk: int = 0):
-    """Per sample: (sum of target-token cross-entropy, number of target tokens), and with per-sample
-    `weights`, the objective Σ weight · sum as a third value (chunked: computed with the losses)."""
+    """Per sample: (sum of target-token cross-entropy, number of target tokens, and with per-sample
+    `weights` the objective Σ weight · sum, else None; chunked: computed with the losses)."""
     device = next(model.parameters()).device
     if is_seq2seq(model):
         ids = _pad([s.input_ids for s in batch], pad_id).to(device)
@@ -198,7 +198,7 @@ def token_losses(model, batch: list[Sample], pad_id: int, weights=None, chunk: i
                                     targets[mask], None if weights is None else weights[rows], chunk)
     rows = mask.nonzero()[:, 0]
     sums = torch.zeros(len(batch), device=device, dtype=losses.dtype).index_add(0, rows, losses)
-    return (sums, mask.sum(dim=1)) if weights is None else (sums, mask.sum(dim=1), objective)
+    return sums, mask.sum(dim=1), objective
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,13 +294,13 @@ def packed_block_mask(seg: torch.Tensor):
 
 def packed_token_losses(model, packs: list[Pack], pad_id: int, weights=None, chunk: int = 0):
     """token_losses for packed questions: per sample (sum of target cross-entropy, target count),
-    samples in pack order; with per-sample `weights`, the objective as a third value."""
+    samples in pack order, and the objective (None without per-sample `weights`)."""
     n = sum(len(p.samples) for p in packs)
     run, labels, owner = packed_forward(model, packs, pad_id)
     losses, objective = _losses(run, labels, None if weights is None else weights[owner], chunk)
     sums = torch.zeros(n, device=losses.device, dtype=losses.dtype).index_add(0, owner, losses)
     counts = torch.zeros(n, device=losses.device, dtype=torch.long).index_add(0, owner, torch.ones_like(owner))
-    return (sums, counts) if weights is None else (sums, counts, objective)
+    return sums, counts, objective
 
 
 def packed_target_logits(model, packs: list[Pack], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

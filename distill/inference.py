@@ -105,7 +105,7 @@ def _score(model, tok, prompts, options, max_tokens, progress, draft_limit):
                 for s in samples:  # score the option text only, not the end-of-sequence token
                     s.labels = s.labels[:-1] if seq2seq else s.labels[:-1] + [-100]
             for mb in micro_batches([s for samples in per_question for s in samples], max_tokens):
-                sums, counts = token_losses(model, mb, tok.pad_token_id)
+                sums, counts, _ = token_losses(model, mb, tok.pad_token_id)
                 finished = sum(finish(s, -float(t), int(c)) for s, t, c in zip(mb, sums.tolist(), counts.tolist()))
                 if progress:
                     progress(finished)
@@ -344,7 +344,7 @@ class LlamaCppRunner:
                  lora: str | None = None):
         from distill.llama_runtime import open_gguf
 
-        self.llm = open_gguf(path, n_ctx=n_ctx, threads=threads, **({"lora_path": lora} if lora else {}))
+        self.llm = open_gguf(path, n_ctx=n_ctx, threads=threads, lora=lora)
         self.chat = chat
         self.add_bos = self.llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
         self.path, self.threads, self.n_ctx = path, threads, n_ctx

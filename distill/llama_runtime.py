@@ -143,9 +143,10 @@ def call(target: str, what: str, timeout: float | None = None, **kwargs):
     return result["value"]
 
 
-def open_gguf(path, n_ctx: int = 2048, threads: int | None = None, **kwargs):
+def open_gguf(path, n_ctx: int = 2048, threads: int | None = None, lora: str | None = None, **kwargs):
     """llama-cpp-python's `Llama` for a GGUF file, opened the one way every stage opens one (teachers,
-    students, parity, setup's check): decoding on every core (llama-cpp-python's own default is half),
+    students, parity, setup's check), with `lora` (a LoRA adapter GGUF, export.adapter_rank) added at load:
+    decoding on every core (llama-cpp-python's own default is half),
     and quiet — what llama.cpp prints while it loads (Gemma 3's `llama_kv_cache_iswa` note, for one) goes
     to a log that is shown only if loading fails."""
     from distill.errors import require
@@ -156,7 +157,7 @@ def open_gguf(path, n_ctx: int = 2048, threads: int | None = None, **kwargs):
         try:
             with captured(Path(fh.name)):
                 return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
-                                       verbose=False, **kwargs)
+                                       verbose=False, **({"lora_path": str(lora)} if lora else {}), **kwargs)
         except Exception:
             sys.stderr.write(Path(fh.name).read_text(errors="replace")[-4000:])
             raise

@@ -57,8 +57,7 @@ def gguf_logits(path: str, prompts: list[str], ids: list[list[int]], out_dir: st
     from distill.llama_runtime import open_gguf
 
     longest = max(len(i) for i in ids)
-    llm = open_gguf(path, n_ctx=max(512, longest + 8), threads=threads, logits_all=True,
-                    **({"lora_path": lora} if lora else {}))
+    llm = open_gguf(path, n_ctx=max(512, longest + 8), threads=threads, logits_all=True, lora=lora)
     try:
         add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
         same = []
