@@ -265,7 +265,9 @@ class ExportConfig:
     trained norms) and ship the fine-tuning delta beside them as a rank-R f16 LoRA adapter
     (adapter-r<R>.gguf, which llama.cpp, llama-server and Ollama add at load). Fine-tuning moves a student
     that came from a 4-bit file by less than one 4-bit step, so plain re-quantization rounds most of it
-    away; the adapter keeps it (benchmarks/results/obqa_delta_adapter.md). Not with --quant auto."""
+    away; the adapter brings it back, though on the OBQA TinyLLM student rank 16 matched torch's answers
+    only slightly more often than q4_k_m and lost more exact match (benchmarks/results/obqa_delta_adapter.md).
+    Not with --quant auto."""
     adapter_base: str | None = None
     """The model the student was trained from (a packaged name, GGUF or model folder); default: the
     student.model of the run the student came from (its resolved_config.yaml)."""

@@ -41,8 +41,8 @@ def split_source(source: str | None, overrides: tuple[str, ...]) -> tuple[str | 
               "own training questions, saved as imatrix.dat; measured worse on the OBQA student), or a llama-imatrix "
               "file (export.imatrix).")
 @click.option("--adapter-rank", type=int, help="gguf below f16: quantize the pretrained student's matrices and ship the "
-              "fine-tuning as a rank-N f16 LoRA adapter beside them (export.adapter_rank; keeps what training changed "
-              "where plain 4-bit rounds it away; base from export.adapter_base or the student's run).")
+              "fine-tuning as a rank-N f16 LoRA adapter beside them (export.adapter_rank; base from export.adapter_base or "
+              "the student's run; not yet better than q4_k_m in exact match on the OBQA student).")
 @click.option("--max-drop", type=float, help="--quant auto: exact-match points a GGUF may lose against torch "
               "(export.max_accuracy_drop, default 1).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (self-contained: model, tokenizer, "
