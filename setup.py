@@ -16,6 +16,9 @@ INSTALL_REQUIRES = [
     "onnx",
     # Weight-only int8 ONNX export (onnxruntime's MatMulNBits quantizer needs it).
     "onnx-ir",
+    # ONNX Runtime's on-device generation runtime and its model builder (--format genai). 0.16+'s builder imports
+    # Qwen3_5ForConditionalGeneration, which transformers 4.57 (pinned above) lacks; 0.15.2 needs onnxruntime >=1.28.
+    "onnxruntime-genai==0.15.2",
     "accelerate",
     "peft",
     # datasets 5.2 needs huggingface_hub >=1.31, which clashes with transformers 4.57.

@@ -20,7 +20,7 @@ from distill.progress import log
 def _size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
-    return sum(f.stat().st_size for f in path.iterdir() if f.is_file() and f.suffix in (".safetensors", ".onnx", ".onnx_data", ".gguf"))
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file() and (f.suffix in (".safetensors", ".onnx", ".onnx_data", ".gguf") or f.name.endswith(".onnx.data")))
 
 
 def discover(cfg: Config, student: Path | None) -> list[dict]:
@@ -46,6 +46,11 @@ def discover(cfg: Config, student: Path | None) -> list[dict]:
                               "path": str(f), "lora": str(d / ad["file"]) if ad else None,
                               "size_bytes": f.stat().st_size + ((d / ad["file"]).stat().st_size if ad else 0),
                               "parity_passed": p["passed"]})
+            elif p["format"] == "genai":
+                found.append({"name": f"student-genai-{'fp32' if p['quant'] == 'none' else p['quant']}",
+                              "kind": "student-genai", "role": "student",
+                              "runtime": f"onnxruntime-genai {'fp32' if p['quant'] == 'none' else p['quant']}",
+                              "path": str(d), "size_bytes": _size(d), "parity_passed": p["passed"]})
             else:
                 found.append({"name": f"student-onnx-{p['quant']}", "kind": "student-onnx", "role": "student",
                               "runtime": f"onnxruntime {'fp32' if p['quant'] == 'none' else p['quant']}", "path": str(d),

@@ -62,6 +62,10 @@ def build_runner(spec: dict, threads: int, device: str = "cpu"):
         ort_class = ORTModelForSeq2SeqLM if seq2seq else ORTModelForCausalLM
         return HFRunner(ort_class.from_pretrained(spec["path"], session_options=opts, provider=provider),
                         AutoTokenizer.from_pretrained(spec["path"]))
+    if kind == "student-genai":
+        from bench.runners import GenAIRunner
+
+        return GenAIRunner(spec["path"], threads)
     if kind == "student-gguf":
         return LlamaCppRunner(spec["path"], threads, lora=spec.get("lora"))
     if kind == "teacher":

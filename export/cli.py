@@ -14,6 +14,7 @@ EXAMPLES = """\b
 examples:
   tinyllm-export runs/quickstart/student --format gguf --quant q4_k_m --out runs/quickstart/gguf
   tinyllm-export runs/quickstart/student --format onnx --quant int8 --out runs/quickstart/onnx
+  tinyllm-export runs/quickstart/student --format genai --quant int4 --out runs/quickstart/genai
   tinyllm-export runs/paper-epochs/obqa/tinyllm/student --format gguf --quant auto --max-drop 1
   tinyllm-export --run <MLFLOW_RUN_ID> --format gguf --out student-gguf
 """
@@ -34,9 +35,11 @@ def split_source(source: str | None, overrides: tuple[str, ...]) -> tuple[str | 
 @click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source", required=False)
 @click.argument("overrides", nargs=-1)
-@click.option("--format", "fmt", type=click.Choice(["onnx", "gguf"]), required=True, help="Target runtime format.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "gguf", "genai"]), required=True,
+              help="Target runtime: onnx (optimum, onnxruntime), gguf (llama.cpp, Ollama), genai (onnxruntime-genai, "
+              "ONNX Runtime's on-device generation runtime; its model builder's fused graph).")
 @click.option("--quant", help="gguf: f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_1, q4_0, or auto (the smallest within --max-drop of "
-              "torch's accuracy on the validation split); onnx: none, int8 or int4 (weight-only MatMulNBits, int8 compute).")
+              "torch's accuracy on the validation split); onnx: none, int8 or int4 (weight-only MatMulNBits, int8 compute); genai: int4 (default), int8 or none (fp32).")
 @click.option("--imatrix", help="gguf below 8 bits: none (default), auto (an importance matrix from the student's "
               "own training questions, saved as imatrix.dat; measured worse on the OBQA student), or a llama-imatrix "
               "file (export.imatrix).")
@@ -57,7 +60,7 @@ def split_source(source: str | None, overrides: tuple[str, ...]) -> tuple[str | 
               "per-tensor lines) instead of writing it to <out>/export.log.")
 @user_errors
 def main(source, overrides, fmt, quant, imatrix, adapter_rank, max_drop, out, run_id, config, dry_run, no_mlflow, overwrite, verbose):
-    """Turn a trained student (SOURCE: a local folder, runs:/… or models:/name/version) into ONNX or GGUF.
+    """Turn a trained student (SOURCE: a local folder, runs:/… or models:/name/version) into ONNX, GGUF or an onnxruntime-genai model.
 
     Every export is checked against the torch model on real prompts; a parity failure exits
     non-zero and keeps the files for inspection.

@@ -115,3 +115,17 @@ def onnx_seq2seq_parity(model, tok, onnx_dir, prompts: list[str], max_new_tokens
     out = summarize(per, same)
     out["generation_match"] = sum(texts_equal) / len(texts_equal)
     return out
+
+
+def genai_parity(model, tok, genai_dir, prompts: list[str]) -> dict:
+    """onnxruntime-genai's logits along each prompt's torch token ids, and whether its own tokenizer (from the
+    folder's tokenizer.json, what a device uses) gives those ids."""
+    from export.genai import _model, genai_logits, tokenizer
+
+    shipped_tok = tokenizer(_model(Path(genai_dir)))
+    per, same = [], []
+    for p in prompts:
+        ids = tok(p)["input_ids"]
+        same.append([int(i) for i in shipped_tok.encode(p)] == ids)
+        per.append(_compare(torch_logits(model, ids), genai_logits(Path(genai_dir), ids)))
+    return summarize(per, same)

@@ -113,11 +113,14 @@ def check_quant(fmt: str, quant: str | None) -> str:
     """The quantization to use (the format's default when None); an unknown one is refused at once."""
     from export.gguf import QUANTS
 
-    quant = quant or ("q4_k_m" if fmt == "gguf" else "none")
+    quant = quant or {"gguf": "q4_k_m", "genai": "int4"}.get(fmt, "none")
     if fmt == "gguf" and quant not in QUANTS and quant != "auto":
         raise UserError(f"--quant {quant} is not a GGUF option; use one of {', '.join(QUANTS)}, or auto.")
     if fmt == "onnx" and quant not in ("none", "int8", "int4"):
         raise UserError(f"--quant {quant} is not an ONNX option; use none, int8 or int4.")
+    if fmt == "genai" and quant not in ("none", "int8", "int4"):
+        raise UserError(f"--quant {quant} is not an onnxruntime-genai option; use int4 (the default), int8 or none "
+                        "(fp32).")
     return quant
 
 
@@ -134,6 +137,10 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     check_student(student)
     cfg = for_student(student, cfg)
     hf_cfg = json.loads((student / "config.json").read_text())
+    if fmt == "genai":
+        from export.genai import check_supported
+
+        check_supported(hf_cfg)
     if fmt == "gguf":
         gguf_mod.check_supported(hf_cfg)
         if cfg.export.imatrix not in ("auto", "none"):  # a bad file is refused before any work
@@ -208,6 +215,10 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
                               imatrix=imatrix_file if quant in BELOW_8_BITS else None)
             f16.unlink()
         info["file"] = model_file.name
+    elif fmt == "genai":
+        from export.genai import export_genai
+
+        info = export_genai(student, out, quant, log_file=tool_log)
     else:
         from export.onnx import export_onnx
 
@@ -223,13 +234,15 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
                                         lora=str(out / info["adapter"]["file"]) if rank else None)
         except LlamaCrash as exc:
             raise ParityFailure(f"{str(exc).rstrip('.')}; the files are kept in {out}.") from None
+    elif fmt == "genai":
+        report = parity.genai_parity(model, tok, out, prompts)
     elif hf_cfg.get("is_encoder_decoder"):
         report = parity.onnx_seq2seq_parity(model, tok, out, [p.rsplit("Answer:", 1)[0] + "Answer:" for p in prompts])
     else:
         report = parity.onnx_parity(model, tok, out, prompts)
     ec = cfg.export
     checks = {"tokenizer_round_trip": report["tokenizer_round_trip"]}
-    if fmt == "onnx" and quant == "none":
+    if fmt in ("onnx", "genai") and quant == "none":
         checks[f"max_abs_logit_diff <= {ec.max_logit_diff}"] = report["max_abs_logit_diff"] <= ec.max_logit_diff
         if "generation_match" in report:
             checks["same generated text"] = report["generation_match"] == 1.0
@@ -241,7 +254,7 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
         checks[f"mean_kl <= {kl}"] = report["mean_kl"] <= kl
     report.update({"format": fmt, "quant": quant, "prompt_source": prompt_source, "checks": checks,
                    "passed": all(checks.values()), "export_seconds": round(seconds, 2), "student": str(student),
-                   "size_bytes": sum(f.stat().st_size for f in out.glob("*.onnx*")) if fmt == "onnx"
+                   "size_bytes": sum(f.stat().st_size for f in out.glob("*.onnx*")) if fmt in ("onnx", "genai")
                    else sum((out / f).stat().st_size for f in (info["file"], *([info["adapter"]["file"]] if rank else []))),
                    "hardware": hardware(),
                    **info, **({"auto": auto} if auto else {})})
@@ -258,8 +271,9 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
         log_to_source_run(cfg, source_run, out, fmt, quant, report)
     if not report["passed"]:
         failed = [k for k, ok in checks.items() if not ok]
-        raise ParityFailure(f"parity check failed ({', '.join(failed)}); the files are kept in {out} for inspection "
-                            f"(parity.json has the numbers).")
+        hint = f" ({info['warning']})" if info.get("warning") else ""
+        raise ParityFailure(f"parity check failed ({', '.join(failed)}){hint}; the files are kept in {out} for "
+                            f"inspection (parity.json has the numbers).")
     return report
 
 
@@ -322,6 +336,19 @@ def device_readme(fmt: str, quant: str, out: Path, info: dict, report: dict, stu
                   "and `stop: [\"\\n\"]`;",
                   "the embedded chat template adds the task prefix and `Answer:`. The `Modelfile` does the same for "
                   f"Ollama (template, stop string, context {OLLAMA_NUM_CTX})."]
+    elif fmt == "genai":
+        lines += ["## Run with onnxruntime-genai", "", "`pip install onnxruntime-genai` (CPU; the same folder loads in its "
+                  "C, C#, Java and Objective-C APIs on phones and in the browser):", "", "```python",
+                  "import onnxruntime_genai as og", "model = og.Model('.')", "tok = og.Tokenizer(model)",
+                  "tok.update_options(add_special_tokens='true')   # the BOS the student was trained with",
+                  "params = og.GeneratorParams(model)",
+                  "params.set_search_options(max_length=512, do_sample=False)",
+                  "gen = og.Generator(model, params)", f"gen.append_tokens(tok.encode({prompt!r}))",
+                  "stream, text = tok.create_stream(), ''",
+                  "while not gen.is_done() and '\\n' not in text:",
+                  "    gen.generate_next_token()",
+                  "    text += stream.decode(gen.get_next_tokens()[0])",
+                  "print(text.split('\\n')[0])", "```"]
     else:
         seq2seq = bool(json.loads((student / "config.json").read_text()).get("is_encoder_decoder"))
         ort_class = "ORTModelForSeq2SeqLM" if seq2seq else "ORTModelForCausalLM"

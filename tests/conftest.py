@@ -57,9 +57,11 @@ def tiny_student(tmp_path_factory) -> Path:
     return make_tiny_student(tmp_path_factory.mktemp("tiny") / "llama", texts)
 
 
-def make_tiny_bpe_student(folder: Path, texts: list[str], hidden: int = 256, seed: int = 0) -> Path:
+def make_tiny_bpe_student(folder: Path, texts: list[str], hidden: int = 256, seed: int = 0,
+                          intermediate: int | None = None) -> Path:
     """A random-init llama student with a byte-level BPE tokenizer (what GGUF export needs).
-    Width 256 so llama.cpp's K-quants apply to every matrix instead of falling back."""
+    Width 256 so llama.cpp's K-quants apply to every matrix instead of falling back; MLP width 2 x hidden
+    unless `intermediate` is given."""
     import torch
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -74,7 +76,8 @@ def make_tiny_bpe_student(folder: Path, texts: list[str], hidden: int = 256, see
                                                pad_token="<|endoftext|>", model_input_names=["input_ids", "attention_mask"],
                                                gguf_pre="gpt-2")
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+                                   num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                                    pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                                    eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
