@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 from distill.errors import UserError, require
@@ -279,10 +280,17 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, dtype=None):
             model.generation_config.bos_token_id = tok.bos_token_id
             model.generation_config.pad_token_id = tok.pad_token_id
             model.config.eos_token_id, model.config.bos_token_id = tok.eos_token_id, tok.bos_token_id
-            tmp = converted.with_name(converted.name + ".tmp")
+            # Each process converts into its own folder: two runs converting the same packaged model at once used
+            # to share one ".tmp", writing into it together, and the second rename failed (Errno 39).
+            tmp = converted.with_name(f"{converted.name}.{os.getpid()}.tmp")
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
-            tmp.rename(converted)
+            try:
+                tmp.rename(converted)
+            except OSError:
+                if not (converted / "model.safetensors").exists():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same conversion first
         source = str(converted)
     else:
         source, identity = name, name
