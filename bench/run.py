@@ -47,10 +47,10 @@ def discover(cfg: Config, student: Path | None) -> list[dict]:
                               "size_bytes": f.stat().st_size + ((d / ad["file"]).stat().st_size if ad else 0),
                               "parity_passed": p["passed"]})
             elif p["format"] == "genai":
-                found.append({"name": f"student-genai-{'fp32' if p['quant'] == 'none' else p['quant']}",
-                              "kind": "student-genai", "role": "student",
-                              "runtime": f"onnxruntime-genai {'fp32' if p['quant'] == 'none' else p['quant']}",
-                              "path": str(d), "size_bytes": _size(d), "parity_passed": p["passed"]})
+                weights = "fp32" if p["quant"] == "none" else p["quant"]
+                found.append({"name": f"student-genai-{weights}", "kind": "student-genai", "role": "student",
+                              "runtime": f"onnxruntime-genai {weights}", "path": str(d), "size_bytes": _size(d),
+                              "parity_passed": p["passed"]})
             else:
                 found.append({"name": f"student-onnx-{p['quant']}", "kind": "student-onnx", "role": "student",
                               "runtime": f"onnxruntime {'fp32' if p['quant'] == 'none' else p['quant']}", "path": str(d),
