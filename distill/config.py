@@ -252,6 +252,13 @@ class ExportConfig:
     """--quant auto: validation questions every candidate answers (None = all). Fewer is faster but widens
     the bound the choice is held to: on 500 questions a candidate whose correctness differs from torch's on
     1 in 10 is bounded no tighter than +2.3 points, even when it loses nothing on average."""
+    genai_algo: str = "default"
+    """--format genai int4/int8: the model builder's weight-quantization method: default (round-to-nearest, the
+    builder's own default), rtn, or k_quant (scales searched per block, as llama.cpp's k-quants do)."""
+    genai_mixed_precision: str = ""
+    """--format genai int4: MatMul groups quantized to another type than the int4 body, comma-separated
+    selector:type pairs, e.g. last_matmul:int8 (the LM head) or last_matmul:int8,mixed_layers:int8 (also the
+    first and last eighth of the layers and every third layer's qkv/v/down projections). Empty: all int4."""
     imatrix: str = "none"
     """GGUF below 8 bits (q6_k … q4_0, and --quant auto's candidates): the importance matrix llama.cpp's
     quantizer weighs rounding errors by. none (default): plain quantization. auto: computed from the torch

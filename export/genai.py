@@ -37,19 +37,44 @@ def check_supported(hf_cfg: dict) -> None:
                         f"({', '.join(BUILDER_ARCHITECTURES[:4])}, ...).")
 
 
-def export_genai(student: Path, out: Path, quant: str, log_file: Path | None = None) -> dict:
+ALGOS = ("default", "rtn", "k_quant")
+MIXED_SELECTORS = ("last_matmul", "mixed_layers")
+
+
+def quant_options(quant: str, algo: str = "default", mixed: str = "") -> list[str]:
+    """The builder's extra options for export.genai_algo and export.genai_mixed_precision (checked here, so a
+    typo is one sentence before the builder runs, not its traceback)."""
+    if algo not in ALGOS:
+        raise UserError(f"export.genai_algo={algo} is not one of {', '.join(ALGOS)}; e.g. export.genai_algo=k_quant.")
+    pairs = [p.strip() for p in mixed.split(",") if p.strip()]
+    for p in pairs:
+        sel, _, kind = p.partition(":")
+        if sel not in MIXED_SELECTORS or kind not in ("int4", "int8"):
+            raise UserError(f"export.genai_mixed_precision: '{p}' is not selector:type with a selector among "
+                            f"{', '.join(MIXED_SELECTORS)} and a type int4 or int8; e.g. "
+                            "export.genai_mixed_precision=last_matmul:int8.")
+    if quant == "none" and (algo != "default" or pairs):
+        raise UserError("export.genai_algo and export.genai_mixed_precision apply to --quant int4 or int8; with "
+                        "--quant none (fp32) nothing is quantized, so leave them at their defaults.")
+    return ([f"algo_config={algo}"] if algo != "default" else []) + (
+        [f"matmul_mixed_precision={','.join(pairs)}"] if pairs else [])
+
+
+def export_genai(student: Path, out: Path, quant: str, log_file: Path | None = None, algo: str = "default",
+                 mixed: str = "") -> dict:
     """Run the builder on the student folder; the prompt format travels with the model."""
     require("onnxruntime_genai", "onnxruntime-genai")
     from distill.student import PromptFormat
 
     hf_cfg = json.loads((student / "config.json").read_text())
     check_supported(hf_cfg)
+    extra = quant_options(quant, algo, mixed)
     with tempfile.TemporaryDirectory(prefix="tinyllm-genai-") as cache:
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(student.resolve()), "-o",
                str(out.resolve()), "-p", PRECISION[quant], "-e", "cpu", "-c", cache,
                "--extra_options", "hf_token=false"]
         if quant != "none":
-            cmd.append(f"accuracy_level={ACCURACY_LEVEL}")
+            cmd += [f"accuracy_level={ACCURACY_LEVEL}", *extra]
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=cache)
     text = proc.stdout + proc.stderr
     if log_file is not None:
@@ -63,7 +88,8 @@ def export_genai(student: Path, out: Path, quant: str, log_file: Path | None = N
                         f"{last[0][:300]}); its full output is in {log_file or 'the lines above'}.")
     PromptFormat.load(student).save(out)
     fixed = clean_byte_level_tokenizer(student, out)
-    info = {"precision": PRECISION[quant], "files": sorted(p.name for p in out.glob("*.onnx"))}
+    info = {"precision": PRECISION[quant], "files": sorted(p.name for p in out.glob("*.onnx")),
+            **({"algo": algo, "mixed_precision": mixed} if quant != "none" else {})}
     if hf_cfg.get("vocab_size") == hf_cfg.get("intermediate_size"):
         # Seen with onnxruntime-genai 0.15.2: a random llama with vocab 512 = intermediate 512 came out with wrong
         # logits even in fp32 (max diff 21 on logits of 15), while intermediate 768 or 1536 matched to 1e-4.

@@ -138,9 +138,10 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     cfg = for_student(student, cfg)
     hf_cfg = json.loads((student / "config.json").read_text())
     if fmt == "genai":
-        from export.genai import check_supported
+        from export.genai import check_supported, quant_options
 
         check_supported(hf_cfg)
+        quant_options(quant, cfg.export.genai_algo, cfg.export.genai_mixed_precision)  # refused before any work
     if fmt == "gguf":
         gguf_mod.check_supported(hf_cfg)
         if cfg.export.imatrix not in ("auto", "none"):  # a bad file is refused before any work
@@ -218,7 +219,8 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     elif fmt == "genai":
         from export.genai import export_genai
 
-        info = export_genai(student, out, quant, log_file=tool_log)
+        info = export_genai(student, out, quant, log_file=tool_log, algo=cfg.export.genai_algo,
+                            mixed=cfg.export.genai_mixed_precision)
     else:
         from export.onnx import export_onnx
 

@@ -125,3 +125,23 @@ def test_genai_refuses_what_its_builder_cannot_convert_in_one_sentence(tiny_stud
     assert "Traceback" not in r.stderr and not (t5.parent / "exports").exists()
     r = export(str(tiny_student), "--format", "genai", "--quant", "q4_k_m", "--no-mlflow", cwd=tmp_path)
     assert r.returncode == 2 and "not an onnxruntime-genai option" in r.stderr
+
+
+def test_genai_k_quant_keeps_the_lm_head_at_int8_when_asked(genai_student, tmp_path):
+    import onnx
+
+    out = tmp_path / "gk"
+    r = export(str(genai_student), "--format", "genai", "--out", str(out), "--no-mlflow", "export.parity_prompts=4",
+               "export.genai_algo=k_quant", "export.genai_mixed_precision=last_matmul:int8",
+               "export.min_top1_agreement.int4=0", "export.max_mean_kl.int4=100", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "parity.json").read_text())
+    assert report["algo"] == "k_quant" and report["mixed_precision"] == "last_matmul:int8"
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    bits = {n.name: {a.name: a.i for a in n.attribute}["bits"] for n in graph.node if n.op_type == "MatMulNBits"}
+    head = [b for name, b in bits.items() if "lm_head" in name]
+    assert head == [8] and set(b for name, b in bits.items() if "lm_head" not in name) == {4}, bits
+    r = export(str(genai_student), "--format", "genai", "--out", str(tmp_path / "bad"), "--no-mlflow",
+               "export.genai_mixed_precision=lm_head:int8", cwd=tmp_path)
+    assert r.returncode == 2 and "export.genai_mixed_precision: 'lm_head:int8' is not selector:type" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "bad").exists()
