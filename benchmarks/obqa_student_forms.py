@@ -3,15 +3,15 @@ teachers: does the student a user ships keep what distillation taught it?
 
     .venv/bin/python benchmarks/obqa_student_forms.py            # export, bench, write (each step resumable)
     .venv/bin/python benchmarks/obqa_student_forms.py --write    # only rewrite the md from finished benches
+    .venv/bin/python benchmarks/obqa_student_forms.py --students-only   # the packaged teachers' rows left out
 
 The student is the paper table's OBQA TinyLLM cell (`runs/paper/obqa/tinyllm/student`; its command is in
 benchmarks/results/paper_table_cpu.md). Steps, each skipped when its output exists:
-1. `tinyllm-export` to GGUF f16/q8_0/q6_k/q5_k_m/q4_k_m/q4_1/q4_0, q4_1 with the fine-tuning as a rank-8 and
-   a rank-16 adapter (`--adapter-rank`), ONNX fp32/int8/int4, onnxruntime-genai int4/int8 (and int4 with k_quant
-   scales, with and without the LM head at int8), and
-   `--quant auto` (chosen on the 500 *validation* questions, `--max-drop 1`; when 500 questions certify no
-   candidate within 1 point, auto runs again, into gguf-auto-<budget>, at the smallest budget of AUTO_BUDGETS
-   that the first run's tightest bound does not already rule out).
+1. `tinyllm-export` to GGUF q8_0/q6_k/q5_k_m/q4_k_m/q4_1/q4_0, q4_1 with the fine-tuning as a rank-16
+   adapter (`--adapter-rank`), ONNX fp32 and int8 (MatMulNBits, int8 compute), onnxruntime-genai int4 (round to
+   nearest; k_quant scales; k_quant with the LM head at int8), and
+   `--quant auto` (chosen on the 500 *validation* questions, `--max-drop 1`; when that certifies nothing the md
+   shows what the same rule picks at 2 and 3 points, and how that file does on test).
    An export whose parity check fails keeps its files and is benched all the same (marked in the table).
 2. `tinyllm-bench` once per contestant (`--contestants <one>`, its own report folder, so a killed run
    resumes at the next contestant), students first and the packaged teachers last. Nothing else runs
@@ -40,10 +40,9 @@ RUN = REPO / "runs" / "paper" / "obqa" / "tinyllm"
 STUDENT = RUN / "student"
 BENCH = RUN / "forms-bench"
 RESULTS = REPO / "benchmarks" / "results"
-EXPORTS = ([("gguf", q, 0) for q in ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_1", "q4_0")]
-           + [("gguf", "q4_1", r) for r in (8, 16)]  # the pretrained base + the fine-tuning as a rank-r adapter
-           + [("onnx", "none", 0), ("onnx", "int8", 0), ("onnx", "int4", 0)]
-           + [("genai", "int4", 0), ("genai", "int8", 0)])
+EXPORTS = ([("gguf", q, 0) for q in ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_1", "q4_0")]
+           + [("gguf", "q4_1", 16)]  # the pretrained base + the fine-tuning as a rank-16 adapter
+           + [("onnx", "none", 0), ("onnx", "int8", 0), ("genai", "int4", 0)])
 """(format, quant, export.adapter_rank), exported to exports/<format>-<quant>[-r<rank>]."""
 GENAI_VARIANTS = {"genai-int4-kquant": ("int4", ("export.genai_algo=k_quant",)),
                   "genai-int4-kquant-head8": ("int4", ("export.genai_algo=k_quant",
@@ -54,7 +53,9 @@ TEACHERS = ("teachers=[{name: smollm2, backend: llama.cpp, model: smollm2-135m-i
             "{name: gemma3, backend: llama.cpp, model: gemma3-270m, max_new_tokens: 64}]")
 BUDGET_POINTS = 1.0
 AUTO_BUDGETS = (1.0, 2.0, 3.0)
-"""`--max-drop` tried in turn until one certifies a candidate (the first is the goal's budget)."""
+"""Budgets the md shows auto's rule at: the run is at the goal's 1 point; a larger budget's choice is the same
+rule on the same measurements (the smallest candidate whose 95% upper bound fits), and its test row is the plain
+export with the same bytes (sha256)."""
 SMALL_MB = 105  # today's q4_k_m size: the goal's "4-bit class"
 
 
@@ -70,18 +71,26 @@ def sh(cmd: list[str], log: list[dict], what: str, kept: Path | None = None) -> 
         raise SystemExit(f"[forms] {what} failed (exit {r.returncode}); fix it and run again (finished steps are kept)")
 
 
-def auto_folder(budget: float) -> Path:
-    return RUN / "exports" / ("gguf-auto" if budget == BUDGET_POINTS else f"gguf-auto-{budget:g}")
-
-
-def auto_report(budget: float) -> dict | None:
-    """What `--quant auto --max-drop <budget>` measured: parity.json's when it chose, auto.json's when not."""
-    d = auto_folder(budget)
+def auto_report() -> dict | None:
+    """What `--quant auto --max-drop 1` measured: parity.json's when it chose, auto.json's when it certified nothing."""
+    d = RUN / "exports" / "gguf-auto"
     if (d / "parity.json").exists():
         return json.loads((d / "parity.json").read_text())["auto"]
     if (d / "auto.json").exists():
         return json.loads((d / "auto.json").read_text())
     return None
+
+
+def auto_choice(auto: dict, budget: float) -> dict | None:
+    """auto's rule at another budget, on the same measurements: the smallest candidate whose bound fits."""
+    fits = [c for c in auto["candidates"] if c["drop_upper95"] <= budget]
+    return min(fits, key=lambda c: c["size_bytes"]) if fits else None
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def export_all(steps: list[dict]) -> None:
@@ -97,20 +106,11 @@ def export_all(steps: list[dict]) -> None:
         if not (out / "parity.json").exists():
             sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "genai", "--quant", quant, "--out", str(out),
                 "--overwrite", *overrides], steps, f"export {name}", kept=out / "parity.json")
-    floor = 0.0
-    for budget in AUTO_BUDGETS:
-        rep = auto_report(budget)
-        if rep is None and budget < floor:  # the last run's candidates show this budget certifies nothing either
-            continue
-        if rep is None:
-            out = auto_folder(budget)
-            sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", "auto", "--max-drop",
-                f"{budget:g}", "--out", str(out), "--overwrite", "export.auto_questions=500"],
-               steps, f"export gguf auto (max drop {budget:g})", kept=out / "auto.json")
-            rep = auto_report(budget)
-        if rep and rep.get("chosen"):
-            break
-        floor = rep["smallest_certifiable_drop"] if rep else floor
+    out = RUN / "exports" / "gguf-auto"
+    if auto_report() is None:
+        sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", "auto", "--max-drop",
+            f"{BUDGET_POINTS:g}", "--out", str(out), "--overwrite", "export.auto_questions=500"],
+           steps, f"export gguf auto (max drop {BUDGET_POINTS:g})", kept=out / "auto.json")
 
 
 def contestants() -> list[str]:
@@ -240,9 +240,12 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
         "# The shipped OBQA student in every form, on all 500 OpenBookQA test questions", "",
         "**Student.** SmolLM2-135M-Instruct distilled TinyLLM-style from the paper's released FLAN-T5-xl and "
         "LLaMA-2-7B rationales on 2,000 OBQA training questions, one epoch — the paper table's `obqa/tinyllm` "
-        "cell (its command is in `paper_table_cpu.md`). **Teachers shown** are the packaged GGUF models (SmolLM2-135M-"
-        "Instruct Q4_1, Gemma 3 270M Q4_K_M), answering zero-shot; the paper's 3B/7B teachers are not runnable here "
-        "(their rationales are files).", "",
+        "cell (its command is in `paper_table_cpu.md`). "
+        + ("**Teachers shown** are the packaged GGUF models (SmolLM2-135M-Instruct Q4_1, Gemma 3 270M Q4_K_M), "
+           "answering zero-shot; the paper's 3B/7B teachers are not runnable here (their rationales are files)."
+           if any(r["role"] == "teacher" for r in rows) else
+           "**No teacher rows** in this run (`--students-only`): the packaged teachers' figures are in this file's "
+           "earlier version (git history); the paper's 3B/7B teachers are not runnable here."), "",
         f"**How.** `.venv/bin/python benchmarks/obqa_student_forms.py` (exports, then one `tinyllm-bench` per "
         f"contestant, then the merge; every command below). {meta['hardware']}; {meta['threads']} threads per "
         f"runtime; {meta['warmup']} warm-up questions untimed; each of the {meta['questions']} questions answered once, "
@@ -258,32 +261,45 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
         + (f"**A form of at most {SMALL_MB} MB within {BUDGET_POINTS:g} point: "
            + ("yes**, " + form(next(r for r in within if r in small)) if any(r in small for r in within)
               else f"no**; the closest of them: {form(best_small)}") + "." if small else ""), ""]
-    for budget in AUTO_BUDGETS:
-        auto = auto_report(budget)
-        if auto is None:
-            continue
-        lines += [f"**`--quant auto --max-drop {budget:g}`** on {auto['questions']} questions of {auto['split']} (never "
-                  f"the test split; torch EM there {auto['torch_em']:.1f}%; rule: {auto.get('rule', 'point estimate')}): "
+    auto = auto_report()
+    if auto is not None:
+        by_sha = {}
+        for r in students:
+            f = Path(r.get("path") or "")
+            if f.suffix == ".gguf" and f.exists() and not r.get("lora"):
+                by_sha.setdefault(sha256(f), r)
+
+        def on_test(c, budget):
+            row = by_sha.get(c.get("sha256"))
+            if row is None:
+                return " (no benched file has its bytes)"
+            p = row["paired_em"]
+            return (f"; on the test split ({row['name']}, the same bytes) EM {100 * row['accuracy_em']:.1f}%, paired "
+                    f"{p['diff_points']:+.1f} [{p['ci95'][0]:+.1f}, {p['ci95'][1]:+.1f}]: "
+                    + ("within" if p["diff_points"] >= -budget else "**outside**") + f" its {budget:g}-point budget"
+                    + ("" if p["ci95"][0] >= -budget else " by the point estimate, its interval reaching below"))
+
+        lines += [f"**`--quant auto --max-drop {BUDGET_POINTS:g}`** on {auto['questions']} questions of {auto['split']} "
+                  f"(never the test split; torch EM there {auto['torch_em']:.1f}%; rule: {auto['rule']}): "
                   + (f"chose **{auto['chosen']}**." if auto["chosen"] else
-                     f"**certified nothing** (the tightest 95% upper bound any candidate reached: "
-                     f"{auto['smallest_certifiable_drop']:+.1f} points).")]
-        if auto["chosen"]:
-            row = next((r for r in students if r.get("path") and Path(r["path"]).parent == auto_folder(budget)), None)
-            if row:
-                p = row["paired_em"]
-                lines[-1] += (f" On the test split it scores EM {100 * row['accuracy_em']:.1f}%, paired "
-                              f"{p['diff_points']:+.1f} [{p['ci95'][0]:+.1f}, {p['ci95'][1]:+.1f}] against torch: "
-                              + ("within" if p["diff_points"] >= -budget else "**outside**")
-                              + f" its {budget:g}-point budget (point estimate)"
-                              + ("" if p["ci95"][0] >= -budget else ", though its interval reaches below it") + ".")
-        lines += ["", "| candidate | size MB | valid EM % | drop (points) | 95% upper bound | same answer as torch | |",
+                     f"**certified nothing**: the tightest 95% upper bound any candidate reached is "
+                     f"{auto['smallest_certifiable_drop']:+.1f} points, so on {auto['questions']} questions no "
+                     f"budget below that certifies a form, and the export exits 1 with every candidate's numbers "
+                     "in auto.json (below)."), ""]
+        for budget in AUTO_BUDGETS:
+            c = auto_choice(auto, budget)
+            lines.append(f"- at `--max-drop {budget:g}` the rule picks "
+                         + (f"**{c['name']}** ({mb(c['size_bytes'])} MB, valid drop {c['drop_points']:+.1f}, bound "
+                            f"{c['drop_upper95']:+.1f}){on_test(c, budget)}." if c else "nothing."))
+        lines += ["", "The larger budgets' picks are the same rule applied to the same validation measurements (what "
+                  "`--max-drop 2` or `3` would choose); their test rows are the plain exports with the same sha256.", "",
+                  "| candidate | size MB | valid EM % | drop (points) | 95% upper bound | same answer as torch | |",
                   "|---|---:|---:|---:|---:|---:|---|"]
         for c in auto["candidates"]:
             note = "chosen" if c["name"] == auto["chosen"] else (
                 "same file as " + c["same_file_as"] if c.get("same_file_as") else ("within budget" if c["within_budget"] else ""))
-            up = f"{c['drop_upper95']:+.1f}" if "drop_upper95" in c else "—"
-            lines.append(f"| {c['name']} | {mb(c['size_bytes'])} | {c['em']:.1f} | {c['drop_points']:+.1f} | {up} | "
-                         f"{100 * c['agreement']:.0f}% | {note} |")
+            lines.append(f"| {c['name']} | {mb(c['size_bytes'])} | {c['em']:.1f} | {c['drop_points']:+.1f} | "
+                         f"{c['drop_upper95']:+.1f} | {100 * c['agreement']:.0f}% | {note} |")
         lines.append("")
     lines += ["## Every form on the test set", "",
               "| contestant | runtime | size MB | EM % [95% CI] | EM vs torch, paired [95% CI] (McNemar p) | loglik % "
@@ -339,6 +355,10 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write", action="store_true", help="Only merge finished benches and rewrite the md.")
+    ap.add_argument("--exports-only", action="store_true", help="Only the exports (they are not timed: other work may "
+                    "share the cores meanwhile, unlike the benches).")
+    ap.add_argument("--students-only", action="store_true",
+                    help="Bench the student's forms only, not the packaged teachers (about 22 minutes less).")
     args = ap.parse_args()
     if not (STUDENT / "config.json").exists():
         raise SystemExit(f"no student at {STUDENT}: train it first with the obqa/tinyllm command in "
@@ -349,7 +369,9 @@ def main() -> None:
     try:
         if not args.write:
             export_all(steps)
-            bench_all(contestants(), steps)
+            if args.exports_only:
+                return
+            bench_all([n for n in contestants() if not (args.students_only and n.startswith("teacher:"))], steps)
     finally:
         steps_file.write_text(json.dumps(steps, indent=1) + "\n")
     names = [n for n in contestants() if (BENCH / n.replace(":", "-") / "report.json").exists()]

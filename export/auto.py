@@ -125,7 +125,8 @@ def choose(f16: Path, out_dir: Path, student: Path, model, tok, cfg, questions: 
         correct = [answer_is_right(a, ex) for a, ex in zip(answers, examples)]
         em = 100 * sum(correct) / len(examples)
         drop, upper = paired_drop(ref_correct, correct)
-        rec = {"name": name, "quant": quant, "embeddings_q8_0": keep_q8, "size_bytes": size, "em": round(em, 2),
+        rec = {"name": name, "quant": quant, "embeddings_q8_0": keep_q8, "size_bytes": size, "sha256": digest,
+               "em": round(em, 2),
                "drop_points": round(drop, 2), "drop_upper95": round(upper, 2),
                "agreement": round(sum(a == r for a, r in zip(answers, ref)) / len(ref), 4),
                "within_budget": upper <= budget}
