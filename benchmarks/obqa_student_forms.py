@@ -242,7 +242,7 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
     rows = [r for r in report["contestants"] if r["status"] == "ok"]
     students = [r for r in rows if r["role"] == "student"]
     torch_row = next(r for r in students if r["name"] == "student-torch")
-    within = sorted((r for r in students if r["paired_em"]["diff_points"] >= -BUDGET_POINTS),
+    within = sorted((r for r in students if r["name"] != "student-torch" and r["paired_em"]["diff_points"] >= -BUDGET_POINTS),
                     key=lambda r: r["size_bytes"])
     certified = [r for r in within if r["paired_em"]["ci95"][0] >= -BUDGET_POINTS]
     small = [r for r in students if r["size_bytes"] <= SMALL_MB * 1e6]
