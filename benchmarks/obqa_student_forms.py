@@ -82,9 +82,11 @@ def auto_report() -> dict | None:
 
 
 def auto_choice(auto: dict, budget: float) -> dict | None:
-    """auto's rule at another budget, on the same measurements: the smallest candidate whose bound fits."""
-    fits = [c for c in auto["candidates"] if c["drop_upper95"] <= budget]
-    return min(fits, key=lambda c: c["size_bytes"]) if fits else None
+    """auto's rule at another budget, on the same measurements: the smallest candidate whose bound fits (an
+    auto.json from before the prediction bound has only the 95% bound of the mean)."""
+    from export.auto import pick
+
+    return pick([{**c, "drop_bound": c.get("drop_bound", c["drop_upper95"])} for c in auto["candidates"]], budget)
 
 
 def sha256(path: Path) -> str:
@@ -300,7 +302,7 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
         lines += [f"**`--quant auto --max-drop {BUDGET_POINTS:g}`** on {auto['questions']} questions of {auto['split']} "
                   f"(never the test split; torch EM there {auto['torch_em']:.1f}%; rule: {auto['rule']}): "
                   + (f"chose **{auto['chosen']}**." if auto["chosen"] else
-                     f"**certified nothing**: the tightest 95% upper bound any candidate reached is "
+                     f"**certified nothing**: the tightest bound any candidate reached is "
                      f"{auto['smallest_certifiable_drop']:+.1f} points, so on {auto['questions']} questions no "
                      f"budget below that certifies a form, and the export exits 1 with every candidate's numbers "
                      "in auto.json (below)."), ""]
@@ -308,16 +310,16 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
             c = auto_choice(auto, budget)
             lines.append(f"- at `--max-drop {budget:g}` the rule picks "
                          + (f"**{c['name']}** ({mb(c['size_bytes'])} MB, valid drop {c['drop_points']:+.1f}, bound "
-                            f"{c['drop_upper95']:+.1f}){on_test(c, budget)}." if c else "nothing."))
+                            f"{c.get('drop_bound', c['drop_upper95']):+.1f}){on_test(c, budget)}." if c else "nothing."))
         lines += ["", "The larger budgets' picks are the same rule applied to the same validation measurements (what "
                   "`--max-drop 2` or `3` would choose); their test rows are the plain exports with the same sha256.", "",
-                  "| candidate | size MB | valid EM % | drop (points) | 95% upper bound | same answer as torch | |",
+                  "| candidate | size MB | valid EM % | drop (points) | the rule's bound | same answer as torch | |",
                   "|---|---:|---:|---:|---:|---:|---|"]
         for c in auto["candidates"]:
             note = "chosen" if c["name"] == auto["chosen"] else (
                 "same file as " + c["same_file_as"] if c.get("same_file_as") else ("within budget" if c["within_budget"] else ""))
             lines.append(f"| {c['name']} | {mb(c['size_bytes'])} | {c['em']:.1f} | {c['drop_points']:+.1f} | "
-                         f"{c['drop_upper95']:+.1f} | {100 * c['agreement']:.0f}% | {note} |")
+                         f"{c.get('drop_bound', c['drop_upper95']):+.1f} | {100 * c['agreement']:.0f}% | {note} |")
         lines.append("")
     lines += ["## Every form on the test set", "",
               "| contestant | runtime | size MB | EM % [95% CI] | EM vs torch, paired [95% CI] (McNemar p) | loglik % "

@@ -202,11 +202,11 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
                 report = exc.args[0]
                 raise ParityFailure(f"no GGUF candidate is certified within {report['max_accuracy_drop']:g} point(s) "
                                     f"of the torch student's exact match ({report['torch_em']:.1f}% on "
-                                    f"{report['questions']} questions of {report['split']}; 95% upper bound of the "
-                                    f"paired drop, the tightest any candidate reached: "
-                                    f"{report['smallest_certifiable_drop']:+.1f}); every candidate's numbers are in "
-                                    f"{final / 'auto.json'}: raise --max-drop, use more validation questions, or "
-                                    "keep f16.")
+                                    f"{report['questions']} questions of {report['split']}; upper prediction bound of "
+                                    f"the paired drop over all {report['distinct_candidates']} candidates, the tightest any "
+                                    f"candidate reached: {report['smallest_certifiable_drop']:+.1f}); every candidate's "
+                                    f"numbers are in {final / 'auto.json'}: raise --max-drop, use more validation "
+                                    "questions, or keep f16.")
             quant = auto["chosen"]
             model_file = out / f"student-{quant}.gguf"
             f16.unlink()
