@@ -106,12 +106,17 @@ def prediction_bound(ref_correct: list[bool], cand_correct: list[bool], k: int, 
     the k distinct candidates scored). The variance of d counts at least one discordant question."""
     n = len(ref_correct)
     n_test = n_test or n
-    lost = sum(a and not b for a, b in zip(ref_correct, cand_correct))
-    gained = sum(b and not a for a, b in zip(ref_correct, cand_correct))
+    lost, gained = discordant(ref_correct, cand_correct)
     mean = (lost - gained) / n
     var = (max(lost + gained, 1) / n - mean ** 2) * n / max(n - 1, 1)
     z = NormalDist().inv_cdf(1 - (1 - CONFIDENCE) / max(k, 1))
     return 100 * (mean + z * math.sqrt(var * (1 / n + 1 / n_test)))
+
+
+def discordant(ref_correct, cand_correct) -> tuple[int, int]:
+    """(questions torch got right and the candidate wrong, the reverse)."""
+    return (sum(a and not b for a, b in zip(ref_correct, cand_correct)),
+            sum(b and not a for a, b in zip(ref_correct, cand_correct)))
 
 
 def pick(candidates: list[dict], budget: float) -> dict | None:
@@ -172,8 +177,7 @@ def choose(f16: Path, out_dir: Path, student: Path, model, tok, cfg, questions: 
         rec = {"name": name, "quant": quant, "embeddings_q8_0": keep_q8, "size_bytes": size, "sha256": digest,
                "em": round(em, 2), "drop_points": round(drop, 2), "drop_bound": round(bound, 2),
                "drop_upper95": round(upper, 2),
-               "lost": sum(a and not b for a, b in zip(ref_correct, correct)),
-               "gained": sum(b and not a for a, b in zip(ref_correct, correct)),
+               **dict(zip(("lost", "gained"), discordant(ref_correct, correct))),
                "agreement": round(sum(a == r for a, r in zip(answers, ref)) / len(ref), 4),
                "within_budget": bound <= budget, "correct": bits(correct),
                "same_answer": bits(a == r for a, r in zip(answers, ref))}
