@@ -214,7 +214,7 @@ class TrackingConfig:
     """Extra tags on every run (e.g. tracking.tags.cell=lora-answer), to group runs in the UI."""
 
 
-QUANT_KEYS = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_1", "q4_0", "int8", "int4")
+QUANT_KEYS = ("f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_1", "q4_0", "int8", "int4")
 """The quantizations export knows (GGUF's, then ONNX's): the keys of the per-quant thresholds below."""
 
 
@@ -224,7 +224,7 @@ class ExportConfig:
     """ONNX fp32: largest allowed |logit difference| against torch (SmolLM2-135M measured 1e-4)."""
     min_top1_agreement: dict[str, float] = field(
         metadata={"keys": QUANT_KEYS},
-        default_factory=lambda: {"f16": 0.99, "q8_0": 0.94, "q6_k": 0.9, "q5_k_m": 0.8, "q4_k_m": 0.8, "q4_1": 0.7,
+        default_factory=lambda: {"f16": 0.99, "q8_0": 0.94, "q6_k": 0.9, "q5_k_m": 0.8, "q5_0": 0.8, "q4_k_m": 0.8, "q4_1": 0.7,
                                  "q4_0": 0.7, "int8": 0.8, "int4": 0.6})
     """GGUF and ONNX int8/int4, per quant: share of positions whose top-1 token matches torch. 4-bit costs
     small models more (SmolLM2-135M, 50 OBQA prompts: f16 0.997, q8_0 0.946, q4_k_m 0.865, int8 0.980);
@@ -239,7 +239,7 @@ class ExportConfig:
     accuracy is `--quant auto`'s and tinyllm-bench's to measure."""
     max_mean_kl: dict[str, float] = field(
         metadata={"keys": QUANT_KEYS},
-        default_factory=lambda: {"f16": 0.01, "q8_0": 0.05, "q6_k": 0.08, "q5_k_m": 0.15, "q4_k_m": 0.15, "q4_1": 0.3,
+        default_factory=lambda: {"f16": 0.01, "q8_0": 0.05, "q6_k": 0.08, "q5_k_m": 0.15, "q5_0": 0.15, "q4_k_m": 0.15, "q4_1": 0.3,
                                  "q4_0": 0.3, "int8": 0.15, "int4": 0.6})
     """Per quant: mean KL(torch || export) over all positions."""
     parity_prompts: int = 50
@@ -276,6 +276,14 @@ class ExportConfig:
     only slightly more often than q4_k_m and lost more exact match (benchmarks/results/obqa_delta_adapter.md).
     Not with --quant auto."""
     adapter_base: str | None = None
+    qat_questions: int = 0
+    """GGUF q4_0, q5_0 or q8_0: 0 = quantize the trained student as it is. N: first tune it for one pass over N of
+    its own training questions (all when N exceeds them) with every weight rounded as llama.cpp will round it and
+    every matmul input at q8_0, to match the fp32 student's next-token distributions (KL), then quantize; the
+    rounding is mirrored exactly, so the file holds the blocks the pass trained with (export/qat.py).
+    `tinyllm-export --qat N`. Not with --quant auto, an importance matrix or an adapter."""
+    qat_lr: float = 1e-5
+    """The quantization-aware pass's AdamW learning rate."""
     """The model the student was trained from (a packaged name, GGUF or model folder); default: the
     student.model of the run the student came from (its resolved_config.yaml)."""
 
@@ -616,6 +624,9 @@ def validate(cfg: Config) -> None:
     for key in ("micro_batch_tokens", "max_length", "log_every"):
         if getattr(tc, key) < 1:
             raise UserError(f"train.{key} must be at least 1, got {getattr(tc, key)}.")
+    if cfg.export.qat_questions < 0:
+        raise UserError(f"export.qat_questions must be >= 0 (0 = no quantization-aware pass), got "
+                        f"{cfg.export.qat_questions}.")
     if cfg.export.adapter_rank < 0:
         raise UserError(f"export.adapter_rank must be >= 0 (0 = no adapter), got {cfg.export.adapter_rank}.")
     for key in ("eval_every", "save_every", "ce_chunk_tokens"):

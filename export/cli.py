@@ -38,7 +38,7 @@ def split_source(source: str | None, overrides: tuple[str, ...]) -> tuple[str | 
 @click.option("--format", "fmt", type=click.Choice(["onnx", "gguf", "genai"]), required=True,
               help="Target runtime: onnx (optimum, onnxruntime), gguf (llama.cpp, Ollama), genai (onnxruntime-genai, "
               "ONNX Runtime's on-device generation runtime; its model builder's fused graph).")
-@click.option("--quant", help="gguf: f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_1, q4_0, or auto (the smallest within --max-drop of "
+@click.option("--quant", help="gguf: f16, q8_0, q6_k, q5_k_m, q5_0, q4_k_m, q4_1, q4_0, or auto (the smallest within --max-drop of "
               "torch's accuracy on the validation split); onnx: none, int8 or int4 (weight-only MatMulNBits, int8 compute); genai: int4 (default), int8 or none (fp32).")
 @click.option("--imatrix", help="gguf below 8 bits: none (default), auto (an importance matrix from the student's "
               "own training questions, saved as imatrix.dat; measured worse on the OBQA student), or a llama-imatrix "
@@ -46,6 +46,9 @@ def split_source(source: str | None, overrides: tuple[str, ...]) -> tuple[str | 
 @click.option("--adapter-rank", type=int, help="gguf below f16: quantize the pretrained student's matrices and ship the "
               "fine-tuning as a rank-N f16 LoRA adapter beside them (export.adapter_rank; base from export.adapter_base or "
               "the student's run; not yet better than q4_k_m in exact match on the OBQA student).")
+@click.option("--qat", "qat_questions", type=int, help="gguf q4_0, q5_0, q8_0: first a quantization-aware pass over "
+              "this many of the student's training questions, tuning it under llama.cpp's exact rounding to match "
+              "the fp32 student (export.qat_questions; 0 = off).")
 @click.option("--max-drop", type=float, help="--quant auto: exact-match points a GGUF may lose against torch "
               "(export.max_accuracy_drop, default 1).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (self-contained: model, tokenizer, "
@@ -59,7 +62,7 @@ def split_source(source: str | None, overrides: tuple[str, ...]) -> tuple[str | 
 @click.option("--verbose", is_flag=True, help="Show the converters' own output (optimum's tracer warnings, llama.cpp's "
               "per-tensor lines) instead of writing it to <out>/export.log.")
 @user_errors
-def main(source, overrides, fmt, quant, imatrix, adapter_rank, max_drop, out, run_id, config, dry_run, no_mlflow, overwrite, verbose):
+def main(source, overrides, fmt, quant, imatrix, adapter_rank, qat_questions, max_drop, out, run_id, config, dry_run, no_mlflow, overwrite, verbose):
     """Turn a trained student (SOURCE: a local folder, runs:/… or models:/name/version) into ONNX, GGUF or an onnxruntime-genai model.
 
     Every export is checked against the torch model on real prompts; a parity failure exits
@@ -81,11 +84,15 @@ def main(source, overrides, fmt, quant, imatrix, adapter_rank, max_drop, out, ru
         overrides = (*overrides, f"export.imatrix={imatrix}")
     if adapter_rank is not None:
         overrides = (*overrides, f"export.adapter_rank={adapter_rank}")
+    if qat_questions is not None:
+        overrides = (*overrides, f"export.qat_questions={qat_questions}")
     cfg = load_config(config, overrides)
     # Default: beside the student, where tinyllm-bench looks for its exported forms.
     student = Path(source) if source and Path(source).is_dir() else layout.student_dir(cfg.output_dir)
     rank = cfg.export.adapter_rank if fmt == "gguf" else 0
-    out_dir = Path(out) if out else layout.export_dir(student, fmt, f"{quant}-r{rank}" if rank else quant)
+    qat_n = cfg.export.qat_questions if fmt == "gguf" else 0
+    variant = f"{quant}-r{rank}" if rank else f"{quant}-qat{qat_n}" if qat_n else quant
+    out_dir = Path(out) if out else layout.export_dir(student, fmt, variant)
     if dry_run:
         from export.source import for_student
 

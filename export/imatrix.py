@@ -21,7 +21,7 @@ import numpy as np
 from distill.errors import UserError
 
 FILE_NAME = "imatrix.dat"
-BELOW_8_BITS = ("q6_k", "q5_k_m", "q4_k_m", "q4_1", "q4_0")
+BELOW_8_BITS = ("q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_1", "q4_0")
 """The quantizations an importance matrix is used for (f16 and q8_0 round finely enough without one)."""
 
 

@@ -57,6 +57,35 @@ def importance_matrix(student: Path, cfg: Config, model, tok, arch_name: str, ou
                   "tensors": len(means)}
 
 
+def quantization_aware(student: Path, cfg: Config, model, tok, f16: Path, quant: str, n: int, arch_name: str,
+                       out: Path, tool_log: Path | None) -> dict:
+    """Tune the student under llama.cpp's rounding for `quant` (export/qat.py) and rewrite `f16` from the tuned
+    weights; what the pass did, for the report. The types come from quantizing the untuned f16 once; the token
+    embedding (and a tied LM head) is kept at q8_0, a type the pass mirrors, where llama.cpp may pick q6_k."""
+    from export import gguf as gguf_mod
+    from export import qat
+
+    probe = out / f"probe-{quant}.gguf"
+    gguf_mod.quantize(f16, probe, quant, log_file=tool_log, embeddings_q8=True)
+    types = qat.tensor_types(probe)
+    probe.unlink()
+    odd = sorted({k for k in types.values() if k not in ("F32", "F16", *qat.MIRRORED)})
+    if odd:
+        raise UserError(f"llama.cpp quantizes some of this student's matrices to {', '.join(odd)} under --quant {quant}, "
+                        "which the quantization-aware pass cannot mirror; export without --qat.")
+    ptypes = qat.param_types(model, arch_name, types)
+    pairs, where = qat.texts(student, cfg.data)
+    pairs = pairs[:n]
+    log(f"[export] quantization-aware pass: {len(pairs)} training questions of {where}, {len(ptypes)} matrices "
+        f"rounded as {quant} places them ({', '.join(sorted(set(ptypes.values())))}), lr {cfg.export.qat_lr:g}")
+    tuned, facts = qat.tune(model, tok, pairs, ptypes, cfg.export.qat_lr)
+    folder = qat.save(tuned, student, out / "qat-student")
+    gguf_mod.write_f16(folder, f16)
+    shutil.rmtree(folder)
+    del tuned
+    return {"questions": len(pairs), "source": where, "types": dict(sorted(types.items())), **facts}
+
+
 def adapter_base(student: Path, cfg: Config) -> str:
     """export.adapter_rank: the model the student was trained from (export.adapter_base, else its run's
     student.model)."""
@@ -154,6 +183,11 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
                         f"LoRA adapter; with --quant {quant} there is nothing to keep it from, so pick a quant "
                         "type (e.g. --quant q4_1) or set export.adapter_rank=0.")
     pretrained = adapter_base(student, cfg) if rank else None
+    qat_n = cfg.export.qat_questions if fmt == "gguf" else 0
+    if qat_n:
+        from export import qat
+
+        qat.check(quant, cfg.export.imatrix, rank)
     if quant == "auto":  # refused before any work when the student's data has no validation split
         from export.auto import validation_questions
 
@@ -182,6 +216,9 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
             info = adapter_export(student, pretrained, out, f16, rank)
         else:
             info = gguf_mod.write_f16(student, f16)
+        if qat_n:
+            info["qat"] = quantization_aware(student, cfg, model, tok, f16, quant, qat_n,
+                                             gguf_mod.SUPPORTED[gguf_mod.check_supported(hf_cfg)], out, tool_log)
         model_file = f16
         imatrix_file = None
         if quant == "auto" or quant in BELOW_8_BITS:
@@ -212,7 +249,7 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
             f16.unlink()
         elif quant != "f16":
             model_file = out / f"student-{quant}.gguf"
-            gguf_mod.quantize(f16, model_file, quant, log_file=tool_log,
+            gguf_mod.quantize(f16, model_file, quant, log_file=tool_log, embeddings_q8=bool(qat_n),
                               imatrix=imatrix_file if quant in BELOW_8_BITS else None)
             f16.unlink()
         info["file"] = model_file.name

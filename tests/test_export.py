@@ -715,3 +715,56 @@ def test_delta_adapter_puts_the_fine_tuning_back_on_the_pretrained_base(tiny_bpe
     b = load_file(str(base / "model.safetensors"))
     assert torch.equal(b["model.norm.weight"], state["model.norm.weight"])
     assert (base / "tokenizer.json").read_text() == (student / "tokenizer.json").read_text()
+
+
+def test_the_quantization_aware_pass_rounds_exactly_as_llama_cpp_does(tiny_bpe_student, tmp_path):
+    """export/qat.py trains under its own copy of llama.cpp's rounding; that copy must give, block for block, the
+    values llama.cpp's quantizer writes from the same f16 file (read back and dequantized with gguf-py)."""
+    import gguf
+    import torch
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from export import gguf as gguf_mod
+    from export.qat import round_like
+
+    f16 = tmp_path / "s-f16.gguf"
+    gguf_mod.write_f16(tiny_bpe_student, f16)
+    src = {t.name: np.array(t.data) for t in GGUFReader(str(f16)).tensors}
+    for quant in ("q4_0", "q5_0", "q8_0"):
+        dst = tmp_path / f"s-{quant}.gguf"
+        gguf_mod.quantize(f16, dst, quant, embeddings_q8=True)  # as the pass exports (q6_k is not mirrored)
+        seen = set()
+        for t in GGUFReader(str(dst)).tensors:
+            if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+                continue
+            got = dequantize(np.array(t.data), t.tensor_type).reshape(src[t.name].shape)
+            mine = round_like(torch.from_numpy(src[t.name].astype(np.float32)), t.tensor_type.name).numpy()
+            assert np.array_equal(got, mine), (quant, t.name, float(np.abs(got - mine).max()))
+            seen.add(t.tensor_type.name)
+        assert quant.upper() in seen and seen <= {"Q4_0", "Q5_0", "Q8_0"}, (quant, seen)
+
+
+def test_a_quantization_aware_export_tunes_then_quantizes_and_refuses_what_it_cannot_mirror(tiny_bpe_student, tmp_path):
+    import shutil
+
+    student = tmp_path / "run" / "student"
+    shutil.copytree(tiny_bpe_student, student)
+    r = export(str(student), "--format", "gguf", "--quant", "q4_0", "--qat", "16", "--no-mlflow", "data.name=demo",
+               "export.parity_prompts=4", "export.qat_lr=1e-3", "export.min_top1_agreement.q4_0=0",
+               "export.max_mean_kl.q4_0=1e9", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "run" / "exports" / "gguf-q4_0-qat16"
+    qat = json.loads((out / "parity.json").read_text())["qat"]
+    assert qat["questions"] == 16 and qat["source"] == "demo/train" and qat["steps"] == 2
+    assert qat["types"]["blk.0.attn_q.weight"] == "Q4_0"
+    assert not (out / "qat-student").exists() and not list(out.glob("probe-*"))
+    r = export(str(student), "--format", "gguf", "--quant", "q4_0", "--no-mlflow", "--out", str(tmp_path / "plain"),
+               "export.parity_prompts=4", "export.min_top1_agreement.q4_0=0", "export.max_mean_kl.q4_0=1e9", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "student-q4_0.gguf").read_bytes() != (tmp_path / "plain" / "student-q4_0.gguf").read_bytes()
+    for args, msg in ((("--quant", "q4_k_m", "--qat", "4"), "needs --quant q4_0, q5_0, q8_0"),
+                      (("--quant", "q4_0", "--qat", "4", "--imatrix", "auto"), "cannot go together")):
+        r = export(str(student), "--format", "gguf", *args, "--no-mlflow", "--out", str(tmp_path / "no"), cwd=tmp_path)
+        assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert not (tmp_path / "no").exists()
