@@ -39,10 +39,12 @@ def discover(cfg: Config, student: Path | None) -> list[dict]:
             p = json.loads(parity.read_text())
             if p["format"] == "gguf":
                 f, ad = d / p["file"], p.get("adapter")  # ad: export.adapter_rank's LoRA file, loaded with the base
+                qat = p.get("qat", {}).get("questions")  # export.qat_questions: tuned under llama.cpp's rounding
                 found.append({"name": f"student-gguf-{'auto-' if p.get('auto') else ''}{p['quant']}"
-                                      + (f"-r{ad['rank']}" if ad else ""),
+                                      + (f"-r{ad['rank']}" if ad else "") + (f"-qat{qat}" if qat else ""),
                               "kind": "student-gguf", "role": "student",
-                              "runtime": f"llama.cpp {p['quant']}" + (f" + rank-{ad['rank']} adapter" if ad else ""),
+                              "runtime": f"llama.cpp {p['quant']}" + (f" + rank-{ad['rank']} adapter" if ad else "")
+                              + (" after a quantization-aware pass" if qat else ""),
                               "path": str(f), "lora": str(d / ad["file"]) if ad else None,
                               "size_bytes": f.stat().st_size + ((d / ad["file"]).stat().st_size if ad else 0),
                               "parity_passed": p["passed"]})

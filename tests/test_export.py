@@ -759,6 +759,11 @@ def test_a_quantization_aware_export_tunes_then_quantizes_and_refuses_what_it_ca
     assert qat["questions"] == 16 and qat["source"] == "demo/train" and qat["steps"] == 2
     assert qat["types"]["blk.0.attn_q.weight"] == "Q4_0"
     assert not (out / "qat-student").exists() and not list(out.glob("probe-*"))
+    from bench.run import discover
+    from distill.config import load_config
+
+    (found,) = [c for c in discover(load_config(None), student) if c["kind"] == "student-gguf"]
+    assert found["name"] == "student-gguf-q4_0-qat16" and "quantization-aware" in found["runtime"]
     r = export(str(student), "--format", "gguf", "--quant", "q4_0", "--no-mlflow", "--out", str(tmp_path / "plain"),
                "export.parity_prompts=4", "export.min_top1_agreement.q4_0=0", "export.max_mean_kl.q4_0=1e9", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
