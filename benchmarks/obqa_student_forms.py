@@ -4,6 +4,8 @@ teachers: does the student a user ships keep what distillation taught it?
     .venv/bin/python benchmarks/obqa_student_forms.py            # export, bench, write (each step resumable)
     .venv/bin/python benchmarks/obqa_student_forms.py --write    # only rewrite the md from finished benches
     .venv/bin/python benchmarks/obqa_student_forms.py --students-only   # the packaged teachers' rows left out
+    .venv/bin/python benchmarks/obqa_student_forms.py --only gguf-auto,gguf-q5_0 --stem obqa_student_qat
+        # a sitting's subset: only these export folders (and the torch student), written to <stem>.{md,json}
 
 The student is the paper table's OBQA TinyLLM cell (`runs/paper/obqa/tinyllm/student`; its command is in
 benchmarks/results/paper_table_cpu.md). Steps, each skipped when its output exists:
@@ -60,6 +62,14 @@ AUTO_BUDGETS = (1.0, 2.0, 3.0)
 rule on the same measurements (the smallest candidate whose 95% upper bound fits), and its test row is the plain
 export with the same bytes (sha256)."""
 SMALL_MB = 105  # today's q4_k_m size: the goal's "4-bit class"
+ONLY: set[str] = set()
+"""--only: the export folders this sitting exports and benches (empty = all)."""
+STEM = "obqa_student_forms"
+"""--stem: the results' file names (benchmarks/results/<stem>.md, .json, _latency.png, _size.png)."""
+
+
+def wanted(folder: str) -> bool:
+    return not ONLY or folder in ONLY
 
 
 def sh(cmd: list[str], log: list[dict], what: str, kept: Path | None = None) -> None:
@@ -101,22 +111,22 @@ def sha256(path: Path) -> str:
 def export_all(steps: list[dict]) -> None:
     for fmt, quant, rank in EXPORTS:
         name = f"{fmt}-{quant}" + (f"-r{rank}" if rank else "")
-        if (RUN / "exports" / name / "parity.json").exists():
+        if (RUN / "exports" / name / "parity.json").exists() or not wanted(name):
             continue
         sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", fmt, "--quant", quant, "--overwrite",
             *(["--adapter-rank", str(rank)] if rank else [])], steps, f"export {name}",
            kept=RUN / "exports" / name / "parity.json")
     for name, (quant, overrides) in GENAI_VARIANTS.items():
         out = RUN / "exports" / name
-        if not (out / "parity.json").exists():
+        if not (out / "parity.json").exists() and wanted(name):
             sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "genai", "--quant", quant, "--out", str(out),
                 "--overwrite", *overrides], steps, f"export {name}", kept=out / "parity.json")
     for name, (quant, n) in QAT_VARIANTS.items():
-        if not (RUN / "exports" / name / "parity.json").exists():
+        if not (RUN / "exports" / name / "parity.json").exists() and wanted(name):
             sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", quant, "--qat", str(n),
                 "--overwrite"], steps, f"export {name}", kept=RUN / "exports" / name / "parity.json")
     out = RUN / "exports" / "gguf-auto"
-    if auto_report() is None:
+    if auto_report() is None and wanted("gguf-auto"):
         sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", "auto", "--max-drop",
             f"{BUDGET_POINTS:g}", "--out", str(out), "--overwrite", "export.auto_questions=500"],
            steps, f"export gguf auto (max drop {BUDGET_POINTS:g})", kept=out / "auto.json")
@@ -127,6 +137,9 @@ def contestants() -> list[str]:
     from distill.config import load_config
 
     found = discover(load_config(RUN / "resolved_config.yaml", [TEACHERS]), STUDENT)
+    if ONLY:  # the torch student (every pairing's reference) and the forms in the chosen folders
+        found = [c for c in found if c["name"] == "student-torch"
+                 or (c["role"] == "student" and Path(c["path"]).resolve().relative_to((RUN / "exports").resolve()).parts[0] in ONLY)]
     return [c["name"] for c in found if c["role"] == "student"] + [c["name"] for c in found if c["role"] != "student"]
 
 
@@ -264,7 +277,9 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
 
     best_small = max(small, key=lambda r: r["paired_em"]["diff_points"]) if small else None
     lines = [
-        "# The shipped OBQA student in every form, on all 500 OpenBookQA test questions", "",
+        ("# The shipped OBQA student in every form, on all 500 OpenBookQA test questions" if not ONLY else
+         f"# The OBQA student in the forms of one sitting ({', '.join(sorted(ONLY))}), on all 500 OpenBookQA test "
+         "questions (every other form: obqa_student_forms.md)"), "",
         "**Student.** SmolLM2-135M-Instruct distilled TinyLLM-style from the paper's released FLAN-T5-xl and "
         "LLaMA-2-7B rationales on 2,000 OBQA training questions, one epoch — the paper table's `obqa/tinyllm` "
         "cell (its command is in `paper_table_cpu.md`). "
@@ -273,7 +288,8 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
            if any(r["role"] == "teacher" for r in rows) else
            "**No teacher rows** in this run (`--students-only`): the packaged teachers' figures are in this file's "
            "earlier version (git history); the paper's 3B/7B teachers are not runnable here."), "",
-        f"**How.** `.venv/bin/python benchmarks/obqa_student_forms.py` (exports, then one `tinyllm-bench` per "
+        "**How.** `.venv/bin/python benchmarks/obqa_student_forms.py"
+        + (f" --only {','.join(sorted(ONLY))} --stem {STEM}" if ONLY else "") + "` (exports, then one `tinyllm-bench` per "
         f"contestant, then the merge; every command below). {meta['hardware']}; {meta['threads']} threads per "
         f"runtime; {meta['warmup']} warm-up questions untimed; each of the {meta['questions']} questions answered once, "
         "greedily, and timed; nothing else running. EM = the paper's exact match: the generated first line is the "
@@ -366,11 +382,11 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
     lines += ["", "*kept*: of the questions where the trained torch student's answer differs from the untrained "
               "SmolLM2-135M-Instruct's (same prompt, greedy, first line), how many this form answers as the trained "
               "student does. A form whose export parity check failed is marked so and benched all the same."]
-    lines += ["", "Plots: `obqa_student_forms_latency.png` (EM vs median seconds per question), "
-              "`obqa_student_forms_size.png` (EM vs file size); students blue, teachers orange, 95% CIs.", "",
+    lines += ["", f"Plots: `{STEM}_latency.png` (EM vs median seconds per question), "
+              f"`{STEM}_size.png` (EM vs file size); students blue, teachers orange, 95% CIs.", "",
               "## Commands (wall time)", "", "| step | wall | command |", "|---|---:|---|"]
     lines += [f"| {s['step']} | {s['wall_s']} s | `{s['command']}` |" for s in steps]
-    md = RESULTS / "obqa_student_forms.md"
+    md = RESULTS / f"{STEM}.md"
     old = md.read_text() if md.exists() else ""
     if "<!-- notes -->" in old:  # what a person wrote about the figures is kept across re-writes
         notes = old[old.index("<!-- notes -->"):old.index("<!-- /notes -->") + len("<!-- /notes -->")]
@@ -384,9 +400,17 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="Only merge finished benches and rewrite the md.")
     ap.add_argument("--exports-only", action="store_true", help="Only the exports (they are not timed: other work may "
                     "share the cores meanwhile, unlike the benches).")
+    ap.add_argument("--only", help="Comma-separated export folders (e.g. gguf-auto,gguf-q5_0): export and bench only "
+                    "these and the torch student (then --stem names where the results go).")
+    ap.add_argument("--stem", default=STEM, help="Results' file name stem under benchmarks/results (default %(default)s).")
     ap.add_argument("--students-only", action="store_true",
                     help="Bench the student's forms only, not the packaged teachers (about 22 minutes less).")
     args = ap.parse_args()
+    global ONLY, STEM
+    ONLY = set(filter(None, (args.only or "").split(",")))
+    STEM = args.stem
+    if ONLY and STEM == "obqa_student_forms":
+        raise SystemExit("--only benches a subset: give it its own --stem, so obqa_student_forms.md keeps every form")
     if not (STUDENT / "config.json").exists():
         raise SystemExit(f"no student at {STUDENT}: train it first with the obqa/tinyllm command in "
                          "benchmarks/results/paper_table_cpu.md")
@@ -406,11 +430,11 @@ def main() -> None:
     run_id = log_mlflow(report)
     slim = {**report, "contestants": [{k: v for k, v in r.items() if k not in ("predictions", "path")}
                                       for r in report["contestants"]], "steps": steps, "mlflow_run_id": run_id}
-    (RESULTS / "obqa_student_forms.json").write_text(json.dumps(slim, indent=1) + "\n")
+    (RESULTS / f"{STEM}.json").write_text(json.dumps(slim, indent=1) + "\n")
     for src, dst in (("accuracy_vs_latency.png", "latency"), ("accuracy_vs_size.png", "size")):
-        shutil.copy(BENCH / "merged" / src, RESULTS / f"obqa_student_forms_{dst}.png")
+        shutil.copy(BENCH / "merged" / src, RESULTS / f"{STEM}_{dst}.png")
     write_md(report, steps, run_id)
-    print(f"[forms] wrote {RESULTS / 'obqa_student_forms.md'}", flush=True)
+    print(f"[forms] wrote {RESULTS / (STEM + '.md')}", flush=True)
 
 
 if __name__ == "__main__":
