@@ -126,7 +126,7 @@ def test_bad_inputs_get_one_sentence_and_leave_nothing_complete_looking(tiny_bpe
     assert r.returncode == 2 and "is not a readable safetensors file" in r.stderr and "Traceback" not in r.stderr
 
     r = export(str(tiny_bpe_student), "--format", "gguf", "--quant", "q3_weird", "--out", str(tmp_path / "c"), cwd=tmp_path)
-    assert r.returncode == 2 and "--quant q3_weird is not a GGUF option; use one of f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_1, q4_0, or auto." in r.stderr
+    assert r.returncode == 2 and "--quant q3_weird is not a GGUF option; use one of f16, q8_0, q6_k, q5_k_m, q5_0, q4_k_m, q4_1, q4_0, or auto." in r.stderr
     r = export(str(tiny_bpe_student), "--format", "onnx", "--quant", "q4_k_m", "--out", str(tmp_path / "c"), cwd=tmp_path)
     assert r.returncode == 2 and "is not an ONNX option" in r.stderr
 
