@@ -398,6 +398,7 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
 
 
 def main() -> None:
+    global ONLY, STEM
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--write", action="store_true", help="Only merge finished benches and rewrite the md.")
     ap.add_argument("--exports-only", action="store_true", help="Only the exports (they are not timed: other work may "
@@ -408,7 +409,6 @@ def main() -> None:
     ap.add_argument("--students-only", action="store_true",
                     help="Bench the student's forms only, not the packaged teachers (about 22 minutes less).")
     args = ap.parse_args()
-    global ONLY, STEM
     ONLY = set(filter(None, (args.only or "").split(",")))
     STEM = args.stem
     if ONLY and STEM == "obqa_student_forms":
