@@ -10,7 +10,7 @@ teachers: does the student a user ships keep what distillation taught it?
 The student is the paper table's OBQA TinyLLM cell (`runs/paper/obqa/tinyllm/student`; its command is in
 benchmarks/results/paper_table_cpu.md). Steps, each skipped when its output exists:
 1. `tinyllm-export` to GGUF q8_0/q6_k/q5_k_m/q5_0/q4_k_m/q4_1/q4_0, q4_1 with the fine-tuning as a rank-16
-   adapter (`--adapter-rank`), q4_0 and q5_0 after a quantization-aware pass (`--qat 1000`), ONNX fp32 and int8 (MatMulNBits, int8 compute), onnxruntime-genai int4 (round to
+   adapter (`--adapter-rank`), q4_0 and q5_0 after a quantization-aware pass (`--qat 500`), ONNX fp32 and int8 (MatMulNBits, int8 compute), onnxruntime-genai int4 (round to
    nearest; k_quant scales; k_quant with the LM head at int8), and
    `--quant auto` (chosen on the 500 *validation* questions, `--max-drop 1`; when that certifies nothing the md
    shows what the same rule picks at 2 and 3 points, and how that file does on test).
@@ -51,9 +51,9 @@ GENAI_VARIANTS = {"genai-int4-kquant": ("int4", ("export.genai_algo=k_quant",)),
                                                        "export.genai_mixed_precision=last_matmul:int8"))}
 """onnxruntime-genai int4 with the builder's k_quant scales, and with the LM head (SmolLM2's tied 49k x 576
 embedding, a fifth of its weights) kept at int8: folder -> (quant, overrides)."""
-QAT_VARIANTS = {"gguf-q4_0-qat1000": ("q4_0", 1000, ("export.qat_lr=5e-5",)),
-                "gguf-q5_0-qat1000": ("q5_0", 1000, ("export.qat_lr=5e-5",))}
-"""The quantization-aware pass (`--qat`) over 1,000 of the 2,000 training questions, at the student's own
+QAT_VARIANTS = {"gguf-q4_0-qat500": ("q4_0", 500, ("export.qat_lr=5e-5",)),
+                "gguf-q5_0-qat500": ("q5_0", 500, ("export.qat_lr=5e-5",))}
+"""The quantization-aware pass (`--qat`) over 500 of the 2,000 training questions, at the student's own
 training learning rate, before llama.cpp rounds it to q4_0 or q5_0 (every matrix at 5 bits): folder ->
 (quant, questions, overrides)."""
 TEACHERS = ("teachers=[{name: smollm2, backend: llama.cpp, model: smollm2-135m-instruct, max_new_tokens: 64}, "
