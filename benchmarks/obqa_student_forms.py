@@ -300,7 +300,7 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
         "against the torch student on the same questions (95% CI of the mean paired difference; exact McNemar p). "
         f"MLflow: one run holds the merged figures (`bench-obqa-forms`, run id `{run_id}`).", "",
         f"**Torch student:** EM {100 * torch_row['accuracy_em']:.1f}%. **Smallest form within {BUDGET_POINTS:g} EM "
-        f"point of it** (point estimate of the paired difference): {form(within[0])}. "
+        f"point of it** (point estimate of the paired difference): {form(within[0]) if within else 'none in this run'}. "
         + (f"Smallest whose whole 95% interval is within {BUDGET_POINTS:g} point: {form(certified[0])}. "
            if certified else f"No form's whole 95% interval is within {BUDGET_POINTS:g} point. ")
         + (f"**A form of at most {SMALL_MB} MB within {BUDGET_POINTS:g} point: "
