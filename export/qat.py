@@ -50,6 +50,20 @@ def tensor_types(path: Path) -> dict[str, str]:
     return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
 
 
+def _inverse(d):
+    """1/d, and 0 where d is 0 (an all-zero block), as llama.cpp's `id = d ? 1.0f/d : 0.0f`."""
+    import torch
+
+    safe = torch.where(d != 0, d, torch.ones_like(d))
+    return torch.where(d != 0, 1.0 / safe, torch.zeros_like(d))
+
+
+def _q8_inputs(_module, args):
+    """Forward pre-hook: a matmul's input rounded to q8_0 as llama.cpp's kernels take it (straight-through)."""
+    x = args[0]
+    return (x + (round_like(x, "Q8_0", ref=False) - x).detach(), *args[1:])
+
+
 def round_like(w, kind: str, ref: bool = True):
     """`w` as llama.cpp stores and multiplies it as GGUF type `kind` (dequantized, float32). `ref`: weights go
     through fp16 first (the f16 GGUF the quantizer reads) and q8_0 rounds half away from zero (the reference
@@ -67,13 +81,11 @@ def round_like(w, kind: str, ref: bool = True):
         offset, top = ROUNDED[kind]
         peak = b.gather(1, b.abs().argmax(1, keepdim=True))  # the signed value of largest magnitude (first of ties)
         d = peak / -offset
-        inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
-        q = torch.clamp(torch.floor(b * inv + (offset + 0.5)), max=top)
+        q = torch.clamp(torch.floor(b * _inverse(d) + (offset + 0.5)), max=top)
         out = (q - offset) * d.half().float()
     elif kind == "Q8_0":
         d = b.abs().amax(1, keepdim=True) / 127
-        inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
-        v = b * inv
+        v = b * _inverse(d)
         q = torch.sign(v) * torch.floor(v.abs() + 0.5) if ref else torch.round(v)
         out = q * d.half().float()
     else:
@@ -127,15 +139,13 @@ def tune(model, tok, pairs: list[tuple[str, str]], ptypes: dict[str, str], lr: f
     params = dict(qm.named_parameters())
     opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
     modules = dict(qm.named_modules())
-    hooks = [modules[n.rsplit(".", 1)[0]].register_forward_pre_hook(
-        lambda _m, args: (args[0] + (round_like(args[0], "Q8_0", ref=False) - args[0]).detach(), *args[1:]))
-        for n, kind in ptypes.items() if kind in MIRRORED and n.rsplit(".", 1)[0] in modules
-        and isinstance(modules[n.rsplit(".", 1)[0]], torch.nn.Linear)]
+    hooks = [modules[n.rsplit(".", 1)[0]].register_forward_pre_hook(_q8_inputs)
+             for n, kind in ptypes.items() if kind in MIRRORED
+             and isinstance(modules.get(n.rsplit(".", 1)[0]), torch.nn.Linear)]
     if getattr(qm.config, "tie_word_embeddings", False) and "lm_head" in modules:
         emb = next((k for k in ptypes if "embed_tokens" in k), None)
         if emb and ptypes[emb] in MIRRORED:
-            hooks.append(modules["lm_head"].register_forward_pre_hook(
-                lambda _m, args: (args[0] + (round_like(args[0], "Q8_0", ref=False) - args[0]).detach(), *args[1:])))
+            hooks.append(modules["lm_head"].register_forward_pre_hook(_q8_inputs))
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     steps = math.ceil(len(order) / batch_size)
