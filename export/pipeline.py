@@ -12,7 +12,7 @@ from distill.config import Config, write_resolved
 from distill.errors import UserError
 from distill.llama_runtime import LlamaCrash, cpu_model
 from distill.progress import log
-from export.source import for_student, resolve_source, student_data, task_prompts
+from export.source import for_student, resolve_source, student_data, task_prompts, training_pairs
 
 
 def hardware() -> str:
@@ -35,21 +35,16 @@ def importance_matrix(student: Path, cfg: Config, model, tok, arch_name: str, ou
         dst = out / (imatrix.FILE_NAME if src.suffix != ".gguf" else "imatrix.gguf")
         shutil.copyfile(src, dst)
         return dst, {"source": str(src), "tensors": len(imatrix.load(dst))}
-    from distill.data import load_dataset
     from distill.progress import Progress
-    from distill.student import PromptFormat
 
-    data = student_data(student, cfg)
     try:
-        exs = load_dataset(data.name, data.path).split(data.train_split)[: cfg.export.imatrix_questions]
+        pairs, where = training_pairs(student, student_data(student, cfg), cfg.export.imatrix_questions)
     except UserError as exc:
         log(f"[export] no importance matrix: the student's training data was not found ({exc})")
         return None, {"source": "none (training data not found)"}
-    fmt = PromptFormat.load(student)
-    texts = [fmt.answer_prompt(ex) + fmt.answer_target(ex) for ex in exs]
+    texts = [prompt + target for prompt, target in pairs]
     means, tokens = imatrix.compute(model, tok, texts, arch_name, Progress("imatrix", len(texts), log))
     path = out / imatrix.FILE_NAME
-    where = f"{data.name}/{data.train_split}"
     imatrix.save_dat(path, means, len(texts), f"tinyllm:{where}")
     log(f"[export] importance matrix from {len(texts)} training questions of {where} ({tokens} tokens, "
         f"{len(means)} matrices) -> {path.name}")
@@ -74,8 +69,11 @@ def quantization_aware(student: Path, cfg: Config, model, tok, f16: Path, quant:
         raise UserError(f"llama.cpp quantizes some of this student's matrices to {', '.join(odd)} under --quant {quant}, "
                         "which the quantization-aware pass cannot mirror; export without --qat.")
     ptypes = qat.param_types(model, arch_name, types)
-    pairs, where = qat.texts(student, cfg.data)
-    pairs = pairs[:n]
+    try:
+        pairs, where = training_pairs(student, cfg.data, n)
+    except UserError as exc:
+        raise UserError(f"the quantization-aware pass needs the student's training data, which was not found ({exc}); "
+                        "set export.qat_questions=0 or point data.path at it.") from None
     log(f"[export] quantization-aware pass: {len(pairs)} training questions of {where}, {len(ptypes)} matrices "
         f"rounded as {quant} places them ({', '.join(sorted(set(ptypes.values())))}), lr {cfg.export.qat_lr:g}")
     tuned, facts = qat.tune(model, tok, pairs, ptypes, cfg.export.qat_lr)

@@ -106,22 +106,6 @@ def param_types(model, arch_name: str, types: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def texts(student: Path, data) -> tuple[list[tuple[str, str]], str]:
-    """(answer prompt, gold answer) for the student's training questions, and where they came from."""
-    from distill.data import load_dataset
-    from distill.student import PromptFormat
-
-    try:
-        exs = load_dataset(data.name, data.path).split(data.train_split)
-    except UserError as exc:
-        raise UserError(f"the quantization-aware pass needs the student's training data, which was not found ({exc}); "
-                        "set export.qat_questions=0 or point data.path at it.") from None
-    if data.max_train:
-        exs = exs[: data.max_train]
-    fmt = PromptFormat.load(student)
-    return [(fmt.answer_prompt(ex), fmt.answer_target(ex)) for ex in exs], f"{data.name}/{data.train_split}"
-
-
 def tune(model, tok, pairs: list[tuple[str, str]], ptypes: dict[str, str], lr: float, batch_size: int = 8,
          seed: int = 0):
     """A copy of `model` tuned for one pass over `pairs` under llama.cpp's rounding; returns (copy, facts).

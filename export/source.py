@@ -68,6 +68,19 @@ def for_student(student: Path, cfg: Config) -> Config:
     return dataclasses.replace(cfg, data=student_data(student, cfg))
 
 
+def training_pairs(student: Path, data, n: int | None = None) -> tuple[list[tuple[str, str]], str]:
+    """(answer prompt, gold answer) for the first `n` of the questions the student was trained on (its
+    `data.max_train` respected), and where they came from. Raises UserError when the data is not found."""
+    from distill.data import load_dataset
+    from distill.student import PromptFormat
+
+    exs = load_dataset(data.name, data.path).split(data.train_split)
+    if data.max_train:
+        exs = exs[: data.max_train]
+    fmt = PromptFormat.load(student)
+    return [(fmt.answer_prompt(ex), fmt.answer_target(ex)) for ex in exs[:n]], f"{data.name}/{data.train_split}"
+
+
 def task_prompts(student: Path, cfg: Config, n: int) -> tuple[list[str], str]:
     """Answer prompts plus gold answers from the student's own test set (else the demo set)."""
     from distill.data import load_dataset
