@@ -40,11 +40,14 @@ def discover(cfg: Config, student: Path | None) -> list[dict]:
             if p["format"] == "gguf":
                 f, ad = d / p["file"], p.get("adapter")  # ad: export.adapter_rank's LoRA file, loaded with the base
                 qat = p.get("qat", {}).get("questions")  # export.qat_questions: tuned under llama.cpp's rounding
-                found.append({"name": f"student-gguf-{'auto-' if p.get('auto') else ''}{p['quant']}"
-                                      + (f"-r{ad['rank']}" if ad else "") + (f"-qat{qat}" if qat else ""),
+                from export.gguf import variant as gguf_variant
+
+                tt = ",".join(f"{pat}={kind}" for pat, kind in p.get("tensor_types", {}).get("overrides", []))
+                found.append({"name": f"student-gguf-{'auto-' if p.get('auto') else ''}"
+                                      + gguf_variant(p["quant"], ad["rank"] if ad else 0, qat or 0, tt),
                               "kind": "student-gguf", "role": "student",
                               "runtime": f"llama.cpp {p['quant']}" + (f" + rank-{ad['rank']} adapter" if ad else "")
-                              + (" after a quantization-aware pass" if qat else ""),
+                              + (f" with {tt}" if tt else "") + (" after a quantization-aware pass" if qat else ""),
                               "path": str(f), "lora": str(d / ad["file"]) if ad else None,
                               "size_bytes": f.stat().st_size + ((d / ad["file"]).stat().st_size if ad else 0),
                               "parity_passed": p["passed"]})

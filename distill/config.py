@@ -276,6 +276,8 @@ class ExportConfig:
     only slightly more often than q4_k_m and lost more exact match (benchmarks/results/obqa_delta_adapter.md).
     Not with --quant auto."""
     adapter_base: str | None = None
+    """The model the student was trained from (a packaged name, GGUF or model folder); default: the
+    student.model of the run the student came from (its resolved_config.yaml)."""
     qat_questions: int = 0
     """GGUF q4_0, q5_0 or q8_0: 0 = quantize the trained student as it is. N: first tune it for one pass over N of
     its own training questions (all when N exceeds them) with every weight rounded as llama.cpp will round it and
@@ -284,8 +286,13 @@ class ExportConfig:
     `tinyllm-export --qat N`. Not with --quant auto, an importance matrix or an adapter."""
     qat_lr: float = 1e-5
     """The quantization-aware pass's AdamW learning rate."""
-    """The model the student was trained from (a packaged name, GGUF or model folder); default: the
-    student.model of the run the student came from (its resolved_config.yaml)."""
+    tensor_types: str = ""
+    """GGUF: per-tensor quantization types over --quant's, comma-separated PATTERN=TYPE pairs as llama-quantize's
+    --tensor-type takes them (`tinyllm-export --tensor-type`): PATTERN a regular expression searched in the GGUF
+    tensor name (blk.<i>.attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down.weight, token_embd.weight),
+    the first pair that matches wins; TYPE one of f16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, q3_k,
+    q2_k. E.g. ffn_down=q8_0,attn_v=q8_0. llama.cpp falls back to a block type where a k-quant's
+    256-wide blocks do not fit a row; the types the file really holds are in parity.json. Not with --quant auto."""
 
 
 @dataclass

@@ -19,6 +19,8 @@ from distill.progress import captured
 
 QUANTS = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q6_k": "MOSTLY_Q6_K", "q5_k_m": "MOSTLY_Q5_K_M",
           "q5_0": "MOSTLY_Q5_0", "q4_k_m": "MOSTLY_Q4_K_M", "q4_1": "MOSTLY_Q4_1", "q4_0": "MOSTLY_Q4_0"}
+TENSOR_TYPES = ("f16", "q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0", "q3_k", "q2_k")
+"""What export.tensor_types may set a tensor to (GGML type names, as llama-quantize's --tensor-type takes them)."""
 SUPPORTED = {"LlamaForCausalLM": "LLAMA", "Qwen2ForCausalLM": "QWEN2", "Gemma3ForCausalLM": "GEMMA3"}
 
 
@@ -28,6 +30,47 @@ def check_supported(config: dict) -> str:
     if arch not in SUPPORTED:
         raise UserError(f"GGUF export supports {', '.join(SUPPORTED)} students; this one is {arch}.")
     return arch
+
+
+def tensor_type_pairs(spec: str) -> list[tuple[str, str]]:
+    """export.tensor_types ("PATTERN=TYPE,PATTERN=TYPE") as (pattern, type) pairs; one sentence on a bad one."""
+    import re
+
+    pairs = []
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        pattern, _, kind = item.rpartition("=")
+        kind = kind.strip().lower()
+        if not pattern or kind not in TENSOR_TYPES:
+            raise UserError(f"export.tensor_types: '{item}' is not PATTERN=TYPE with TYPE one of {', '.join(TENSOR_TYPES)}; "
+                            "e.g. ffn_down=q8_0.")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UserError(f"export.tensor_types: '{pattern}' is not a regular expression ({exc}).") from None
+        pairs.append((pattern, kind))
+    return pairs
+
+
+def check_tensor_types(f16: Path, pairs: list[tuple[str, str]]) -> None:
+    """Every pattern must match a matrix of the file, else it is a typo that would silently change nothing."""
+    import re
+
+    from gguf import GGUFReader
+
+    names = [t.name for t in GGUFReader(str(f16)).tensors if len(t.shape) == 2]
+    for pattern, _ in pairs:
+        if not any(re.search(pattern, n) for n in names):
+            raise UserError(f"export.tensor_types: '{pattern}' matches none of this student's matrices; their names "
+                            f"look like {names[0]}, blk.0.ffn_down.weight.")
+
+
+def variant(quant: str, rank: int = 0, qat: int = 0, tensor_types: str = "") -> str:
+    """The export's name after its format (folder gguf-<variant>, bench contestant student-gguf-<variant>):
+    q4_0, q4_1-r16, q4_0-qat500, q4_0-ffn_down.q8_0 …"""
+    import re
+
+    tt = "".join(f"-{re.sub(r'[^A-Za-z0-9_]+', '_', p).strip('_')}.{k}" for p, k in tensor_type_pairs(tensor_types))
+    return quant + tt + (f"-r{rank}" if rank else "") + (f"-qat{qat}" if qat else "")
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -265,19 +308,20 @@ def write_f16(student: Path, out_file: Path) -> dict:
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int = 0, embeddings_q8: bool = False,
-             log_file: Path | None = None, imatrix: Path | None = None) -> None:
+             log_file: Path | None = None, imatrix: Path | None = None, tensor_types: str = "") -> None:
     """llama.cpp's own quantizer, in a child process (a file that crashes it is one sentence, not an abort);
     `embeddings_q8` keeps the token embedding and output tensor at q8_0; `imatrix` (export/imatrix.py)
-    weighs each column's rounding error by its inputs' mean square."""
+    weighs each column's rounding error by its inputs' mean square; `tensor_types` (export.tensor_types)
+    sets the type of the tensors each pattern matches."""
     from distill.llama_runtime import call
 
     call("export.gguf:quantize_here", f"quantizing {src.name} to {quant}", src=str(src), dst=str(dst), quant=quant,
          threads=threads, embeddings_q8=embeddings_q8, log_file=None if log_file is None else str(log_file),
-         imatrix=None if imatrix is None else str(imatrix))
+         imatrix=None if imatrix is None else str(imatrix), tensor_types=tensor_types)
 
 
 def quantize_here(src: str, dst: str, quant: str, threads: int = 0, embeddings_q8: bool = False,
-                  log_file: str | None = None, imatrix: str | None = None) -> None:
+                  log_file: str | None = None, imatrix: str | None = None, tensor_types: str = "") -> None:
     """(child process) `quantize` itself."""
     src, dst = Path(src), Path(dst)
     llama_cpp = require("llama_cpp", "llama-cpp-python")
@@ -291,6 +335,12 @@ def quantize_here(src: str, dst: str, quant: str, threads: int = 0, embeddings_q
         from export.imatrix import ctypes_entries, load
 
         params.imatrix, _alive = ctypes_entries(load(Path(imatrix)))
+    pairs = tensor_type_pairs(tensor_types)
+    if pairs:  # llama.cpp reads the list up to an entry whose pattern is NULL
+        overrides = (llama_cpp.llama_model_tensor_override * (len(pairs) + 1))()
+        for entry, (pattern, kind) in zip(overrides, pairs):
+            entry.pattern, entry.type = pattern.encode(), getattr(llama_cpp, f"GGML_TYPE_{kind.upper()}")
+        params.tt_overrides = overrides
     # llama.cpp prints a line per tensor; the parity report says what matters
     with captured(Path(log_file) if log_file is not None else Path(os.devnull)):
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)

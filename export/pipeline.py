@@ -61,7 +61,7 @@ def quantization_aware(student: Path, cfg: Config, model, tok, f16: Path, quant:
     from export import qat
 
     probe = out / f"probe-{quant}.gguf"
-    gguf_mod.quantize(f16, probe, quant, log_file=tool_log, embeddings_q8=True)
+    gguf_mod.quantize(f16, probe, quant, log_file=tool_log, embeddings_q8=True, tensor_types=cfg.export.tensor_types)
     types = qat.tensor_types(probe)
     probe.unlink()
     odd = sorted({k for k in types.values() if k not in ("F32", "F16", *qat.MIRRORED)})
@@ -186,6 +186,13 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
         from export import qat
 
         qat.check(quant, cfg.export.imatrix, rank)
+    tt = cfg.export.tensor_types if fmt == "gguf" else ""
+    if tt:
+        gguf_mod.tensor_type_pairs(tt)  # a malformed pair is refused before any work
+        if quant in ("auto", "f16"):
+            raise UserError(f"export.tensor_types sets types within a quantized file; --quant {quant} "
+                            + ("chooses among whole-file types, " if quant == "auto" else "quantizes nothing, ")
+                            + "so give a quant type (e.g. --quant q4_0) or drop the per-tensor types.")
     if quant == "auto":  # refused before any work when the student's data has no validation split
         from export.auto import validation_questions
 
@@ -214,6 +221,12 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
             info = adapter_export(student, pretrained, out, f16, rank)
         else:
             info = gguf_mod.write_f16(student, f16)
+        if tt:
+            try:
+                gguf_mod.check_tensor_types(f16, gguf_mod.tensor_type_pairs(tt))
+            except UserError:
+                shutil.rmtree(out)  # nothing computed yet but the f16 file: leave no half export behind
+                raise
         if qat_n:
             info["qat"] = quantization_aware(student, cfg, model, tok, f16, quant, qat_n,
                                              gguf_mod.SUPPORTED[gguf_mod.check_supported(hf_cfg)], out, tool_log)
@@ -248,8 +261,15 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
         elif quant != "f16":
             model_file = out / f"student-{quant}.gguf"
             gguf_mod.quantize(f16, model_file, quant, log_file=tool_log, embeddings_q8=bool(qat_n),
-                              imatrix=imatrix_file if quant in BELOW_8_BITS else None)
+                              imatrix=imatrix_file if quant in BELOW_8_BITS else None, tensor_types=tt)
             f16.unlink()
+            if tt:  # what the file holds: llama.cpp falls back where a k-quant block does not fit a row
+                from collections import Counter
+
+                from export.qat import tensor_types
+
+                info["tensor_types"] = {"overrides": [list(pair) for pair in gguf_mod.tensor_type_pairs(tt)],
+                                        "held": dict(sorted(Counter(tensor_types(model_file).values()).items()))}
         info["file"] = model_file.name
     elif fmt == "genai":
         from export.genai import export_genai

@@ -773,3 +773,37 @@ def test_a_quantization_aware_export_tunes_then_quantizes_and_refuses_what_it_ca
         r = export(str(student), "--format", "gguf", *args, "--no-mlflow", "--out", str(tmp_path / "no"), cwd=tmp_path)
         assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
         assert not (tmp_path / "no").exists()
+
+
+def test_per_tensor_types_reach_the_file_and_its_name_and_a_pattern_that_matches_nothing_is_one_sentence(
+        tiny_bpe_student, tmp_path):
+    """--tensor-type goes to llama.cpp's quantizer as tt_overrides: the matched matrices hold that type, the rest
+    --quant's; the folder and bench contestant carry it in their name; a typo'd pattern or --quant auto is refused."""
+    import shutil
+
+    from export.qat import tensor_types
+
+    student = tmp_path / "run" / "student"
+    shutil.copytree(tiny_bpe_student, student)
+    r = export(str(student), "--format", "gguf", "--quant", "q4_0", "--tensor-type", "ffn_down=q8_0",
+               "--tensor-type", r"blk\.0\.attn_v=q5_0", "--no-mlflow", "data.name=demo", "export.parity_prompts=4",
+               "export.min_top1_agreement.q4_0=0", "export.max_mean_kl.q4_0=1e9", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "run" / "exports" / "gguf-q4_0-ffn_down.q8_0-blk_0_attn_v.q5_0"
+    held = tensor_types(out / "student-q4_0.gguf")
+    assert {k for n, k in held.items() if "ffn_down" in n} == {"Q8_0"}
+    assert held["blk.0.attn_v.weight"] == "Q5_0" and held["blk.1.attn_v.weight"] == "Q4_0"
+    assert held["blk.0.attn_q.weight"] == "Q4_0" and held["blk.0.ffn_up.weight"] == "Q4_0"
+    report = json.loads((out / "parity.json").read_text())["tensor_types"]
+    assert report["overrides"] == [["ffn_down", "q8_0"], [r"blk\.0\.attn_v", "q5_0"]] and report["held"]["Q8_0"] >= 2
+    from bench.run import discover
+    from distill.config import load_config
+
+    (found,) = [c for c in discover(load_config(None), student) if c["kind"] == "student-gguf"]
+    assert found["name"] == "student-gguf-q4_0-ffn_down.q8_0-blk_0_attn_v.q5_0", found
+    for args, msg in ((("--quant", "q4_0", "--tensor-type", "ffn_dwn=q8_0"), "matches none of this student's matrices"),
+                      (("--quant", "q4_0", "--tensor-type", "ffn_down=q9"), "is not PATTERN=TYPE"),
+                      (("--quant", "auto", "--tensor-type", "ffn_down=q8_0"), "chooses among whole-file types")):
+        r = export(str(student), "--format", "gguf", *args, "--no-mlflow", "--out", str(tmp_path / "no"), cwd=tmp_path)
+        assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert not (tmp_path / "no").exists() and not (tmp_path / "no.partial").exists()
