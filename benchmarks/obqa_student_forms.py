@@ -10,7 +10,8 @@ teachers: does the student a user ships keep what distillation taught it?
 The student is the paper table's OBQA TinyLLM cell (`runs/paper/obqa/tinyllm/student`; its command is in
 benchmarks/results/paper_table_cpu.md). Steps, each skipped when its output exists:
 1. `tinyllm-export` to GGUF q8_0/q6_k/q5_k_m/q5_0/q4_k_m/q4_1/q4_0, q4_1 with the fine-tuning as a rank-16
-   adapter (`--adapter-rank`), q4_0 and q5_0 after a quantization-aware pass (`--qat 500`), ONNX fp32 and int8 (MatMulNBits, int8 compute), onnxruntime-genai int4 (round to
+   adapter (`--adapter-rank`), q4_0 and q5_0 after a quantization-aware pass (`--qat 500`), the per-tensor type mix
+   obqa_tensor_sensitivity.py chose on validation (`--tensor-type`, as it is and with `--qat 500`), ONNX fp32 and int8 (MatMulNBits, int8 compute), onnxruntime-genai int4 (round to
    nearest; k_quant scales; k_quant with the LM head at int8), and
    `--quant auto` (chosen on the 500 *validation* questions, `--max-drop 1`; when that certifies nothing the md
    shows what the same rule picks at 2 and 3 points, and how that file does on test).
@@ -56,6 +57,23 @@ QAT_VARIANTS = {"gguf-q4_0-qat500": ("q4_0", 500, ("export.qat_lr=5e-5",)),
 """The quantization-aware pass (`--qat`) over 500 of the 2,000 training questions, at the student's own
 training learning rate, before llama.cpp rounds it to q4_0 or q5_0 (every matrix at 5 bits): folder ->
 (quant, questions, overrides)."""
+
+
+def mix_variants() -> dict[str, tuple[str, str, int]]:
+    """Per-tensor type mixes (`--tensor-type`), chosen on validation by benchmarks/obqa_tensor_sensitivity.py:
+    its largest greedy mix within the size budget, as it is and after the same quantization-aware pass as
+    QAT_VARIANTS: folder -> (quant, export.tensor_types, qat questions). Empty before the scan has run."""
+    from export.gguf import variant
+
+    f = RESULTS / "obqa_tensor_sensitivity.json"
+    mixes = json.loads(f.read_text())["mixes"] if f.exists() else []
+    if not mixes:
+        return {}
+    quant, rest = mixes[-1].split(" + ", 1)  # "q4_0 + attn_v=q5_0, attn_q=q5_0"
+    tt = ",".join(rest.split(", "))
+    return {f"gguf-{variant(quant, 0, n, tt)}": (quant, tt, n) for n in (0, 500)}
+
+
 TEACHERS = ("teachers=[{name: smollm2, backend: llama.cpp, model: smollm2-135m-instruct, max_new_tokens: 64}, "
             "{name: gemma3, backend: llama.cpp, model: gemma3-270m, max_new_tokens: 64}]")
 BUDGET_POINTS = 1.0
@@ -127,6 +145,12 @@ def export_all(steps: list[dict]) -> None:
         if not (RUN / "exports" / name / "parity.json").exists() and wanted(name):
             sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", quant, "--qat", str(n),
                 "--overwrite", *overrides], steps, f"export {name}", kept=RUN / "exports" / name / "parity.json")
+    for name, (quant, tt, n) in mix_variants().items():
+        if not (RUN / "exports" / name / "parity.json").exists() and wanted(name):
+            sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", quant,
+                *[a for pair in tt.split(",") for a in ("--tensor-type", pair)], "--overwrite",
+                *(["--qat", str(n), "export.qat_lr=5e-5"] if n else [])], steps, f"export {name}",
+               kept=RUN / "exports" / name / "parity.json")
     out = RUN / "exports" / "gguf-auto"
     if auto_report() is None and wanted("gguf-auto"):
         sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", "auto", "--max-drop",
