@@ -61,15 +61,15 @@ training learning rate, before llama.cpp rounds it to q4_0 or q5_0 (every matrix
 
 def mix_variants() -> dict[str, tuple[str, str, int]]:
     """Per-tensor type mixes (`--tensor-type`), chosen on validation by benchmarks/obqa_tensor_sensitivity.py:
-    its largest greedy mix within the size budget, as it is and after the same quantization-aware pass as
+    its lowest-KL mix within the size budget, as it is and after the same quantization-aware pass as
     QAT_VARIANTS: folder -> (quant, export.tensor_types, qat questions). Empty before the scan has run."""
     from export.gguf import variant
 
     f = RESULTS / "obqa_tensor_sensitivity.json"
-    mixes = json.loads(f.read_text())["mixes"] if f.exists() else []
-    if not mixes:
+    best = json.loads(f.read_text()).get("best_mix") if f.exists() else None
+    if not best:
         return {}
-    quant, rest = mixes[-1].split(" + ", 1)  # "q4_0 + attn_v=q5_0, attn_q=q5_0"
+    quant, rest = best.split(" + ", 1)  # "q4_0 + token_embd=q5_0, attn_v=q5_0, attn_q=q5_0"
     tt = ",".join(rest.split(", "))
     return {f"gguf-{variant(quant, 0, n, tt)}": (quant, tt, n) for n in (0, 500)}
 

@@ -10,9 +10,10 @@ matmul inputs to q8_0 (what llama.cpp's CPU kernels multiply), then scores it te
 answers of the student's *validation* questions (never test) against the fp32 student: mean KL on the answer's
 tokens, and the share of questions whose every answer token keeps fp32's top-1 (a proxy for "the same
 answer"). Configurations: everything q4_0 (the token embedding / tied head at q8_0, as llama.cpp's q4_0 file
-has it), everything q5_0, and q4_0 with one class of matrix (attn_q … ffn_down) or one group of layers raised
-to q5_0 or q8_0. A greedy allocation then buys the upgrades with the largest KL reduction per MB until the
-budget, assuming the reductions add up, and the proposed mixes are scored as whole configurations too.
+has it), everything q5_0, q4_0 with the token embedding lowered to q5_0 or q4_0, and q4_0 with one class of matrix (attn_q …
+ffn_down) raised to q5_0 or q8_0. A greedy allocation then buys the upgrades with the largest KL reduction per
+MB until the budget, assuming the reductions add up, from the embedding at q8_0 and again at q5_0 (its bytes
+spent on upgrades); every mix it buys is scored as a whole configuration, and the lowest-KL one is reported.
 Sizes are the matrices' bytes in those block types plus what every SmolLM2 GGUF carries besides (vocabulary,
 norms), taken from the q4_0 formula. Written to benchmarks/results/obqa_tensor_sensitivity.{md,json}.
 """
@@ -81,7 +82,6 @@ def main() -> None:
              if isinstance(modules.get(n.rsplit(".", 1)[0]), torch.nn.Linear)]
     if model.config.tie_word_embeddings:
         hooks.append(modules["lm_head"].register_forward_pre_hook(_q8_inputs))
-    layers = model.config.num_hidden_layers
 
     # batches of (ids, mask, answer positions); the fp32 log-probs at the answer positions, once
     batches = []
@@ -133,55 +133,62 @@ def main() -> None:
                 p.copy_(orig[n])
         return {"mean_kl": sum(kls) / len(kls), "same_top1": same / len(kls), "size_mb": size_bytes(types) / 1e6}
 
-    def base(kind: str) -> dict[str, str]:
-        return {n: ("Q8_0" if gname[n] == "token_embd" else kind) for n in params}
+    def base(kind: str, embedding: str = "Q8_0") -> dict[str, str]:
+        return {n: (embedding if gname[n] == "token_embd" else kind) for n in params}
 
-    def layer_of(n: str) -> int | None:
-        g = gname[n]
-        return int(g.split(".")[1]) if g.startswith("blk.") else None
-
-    group = max(1, layers // 6)
-    upgrades = {f"{c}={t}": (lambda n, c=c: gname[n].endswith("." + c), t)
-                for c in CLASSES for t in ("Q5_0", "Q8_0")}
-    upgrades.update({f"blk.{lo}-{min(lo + group, layers) - 1}={t}":
-                     (lambda n, lo=lo: layer_of(n) is not None and lo <= layer_of(n) < lo + group, t)
-                     for lo in range(0, layers, group) for t in ("Q8_0",)})
+    upgrades = {f"{c}={t}": (c, t) for c in CLASSES for t in ("Q5_0", "Q8_0")}
     # what a GGUF holds besides the matrices: the real plain q4_0 export's size where there is one
     plain = args.student.parent / "exports" / "gguf-q4_0" / "student-q4_0.gguf"
     other[0] = plain.stat().st_size - size_bytes(base("Q4_0")) if plain.exists() else 0
     t0 = time.perf_counter()
     rows = {}
-    for name, types in (("all q4_0", base("Q4_0")), ("all q5_0", base("Q5_0"))):
+
+    def scored(name: str, types: dict[str, str]) -> dict:
+        if name in rows:  # a greedy mix of one upgrade is that upgrade's own row
+            return rows[name]
         rows[name] = score(types)
         print(f"[sensitivity] {name}: {rows[name]} ({time.perf_counter() - t0:.0f}s)", flush=True)
-    b4 = rows["all q4_0"]
-    for name, (match, kind) in upgrades.items():
-        types = {n: (kind if match(n) else t) for n, t in base("Q4_0").items()}
-        rows[name] = score(types)
-        rows[name]["gain_per_mb"] = (b4["mean_kl"] - rows[name]["mean_kl"]) / max(rows[name]["size_mb"] - b4["size_mb"], 1e-9)
-        print(f"[sensitivity] q4_0 + {name}: {rows[name]} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        return rows[name]
 
-    # greedy: the class upgrades (disjoint matrices; one type per class) by KL reduction per MB, within budget
-    chosen: dict[str, str] = {}
-    mixes = []
-    for name in sorted((k for k in upgrades if not k.startswith("blk.")), key=lambda k: -rows[k]["gain_per_mb"]):
-        cls, kind = name.split("=")
-        if rows[name]["gain_per_mb"] <= 0 or cls in chosen:
-            continue
-        trial = {**chosen, cls: kind}
-        types = {n: next((k for c, k in trial.items() if gname[n].endswith("." + c)), t) for n, t in base("Q4_0").items()}
-        if size_bytes(types) / 1e6 > args.budget_mb:
-            continue
-        chosen = trial
-        label = "q4_0 + " + ", ".join(f"{c}={k.lower()}" for c, k in chosen.items())
-        rows[label] = score(types)
-        mixes.append(label)
-        print(f"[sensitivity] {label}: {rows[label]} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    scored("all q4_0", base("Q4_0"))
+    scored("all q5_0", base("Q5_0"))
+    b4 = rows["all q4_0"]
+    for emb in ("Q5_0", "Q4_0"):  # the token embedding (= the tied LM head) below q8_0: what it saves, what it costs
+        scored(f"q4_0 + token_embd={emb.lower()}", base("Q4_0", emb))
+    for name, (cls, kind) in upgrades.items():
+        r = scored(f"q4_0 + {cls}={kind.lower()}",
+                   {n: (kind if gname[n].endswith("." + cls) else t) for n, t in base("Q4_0").items()})
+        r["gain_per_mb"] = (b4["mean_kl"] - r["mean_kl"]) / max(r["size_mb"] - b4["size_mb"], 1e-9)
+
+    def greedy(embedding: str) -> list[str]:
+        """Buy the class upgrades (a class bought at q5_0 may later be raised to q8_0) by KL reduction per MB over
+        all-q4_0, within the budget,
+        from a base whose token embedding is `embedding`; each step scored whole."""
+        chosen: dict[str, str] = {}
+        labels = []
+        for name in sorted(upgrades, key=lambda k: -rows[f"q4_0 + {k.lower()}"]["gain_per_mb"]):
+            cls, kind = upgrades[name]
+            if rows[f"q4_0 + {name.lower()}"]["gain_per_mb"] <= 0 or BYTES[chosen.get(cls, "Q4_0")] >= BYTES[kind]:
+                continue  # no gain measured, or the class already holds this type or a wider one
+            trial = {**chosen, cls: kind}
+            types = {n: next((k for c, k in trial.items() if gname[n].endswith("." + c)), t)
+                     for n, t in base("Q4_0", embedding).items()}
+            if size_bytes(types) / 1e6 > args.budget_mb:
+                continue
+            chosen = trial
+            label = "q4_0 + " + ", ".join(([f"token_embd={embedding.lower()}"] if embedding != "Q8_0" else [])
+                                          + [f"{c}={k.lower()}" for c, k in chosen.items()])
+            scored(label, types)
+            labels.append(label)
+        return labels
+
+    mixes = greedy("Q8_0") + greedy("Q5_0")
+    best = min(mixes, key=lambda m: rows[m]["mean_kl"]) if mixes else None
     for h in hooks:
         h.remove()
     report = {"student": str(args.student), "questions": len(pairs), "split": where, "cpu": cpu(),
               "budget_mb": args.budget_mb, "other_bytes": other[0], "seconds": round(time.perf_counter() - t0),
-              "rows": rows, "mixes": mixes,
+              "rows": rows, "mixes": mixes, "best_mix": best,
               "command": "python benchmarks/obqa_tensor_sensitivity.py " + " ".join(sys.argv[1:])}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.stem}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -195,11 +202,12 @@ def main() -> None:
              "| configuration | size MB | mean KL (answer) | same top-1, all answer tokens | KL saved per MB over q4_0 |",
              "|---|---:|---:|---:|---:|"]
     for name, r in rows.items():
-        shown = name if name.startswith(("all", "q4_0 +")) else f"q4_0 + {name.lower()}"
-        lines.append(f"| {shown} | {r['size_mb']:.1f} | {r['mean_kl']:.4f} | {100 * r['same_top1']:.0f}% | "
+        lines.append(f"| {name} | {r['size_mb']:.1f} | {r['mean_kl']:.4f} | {100 * r['same_top1']:.0f}% | "
                      + (f"{r['gain_per_mb']:.5f}" if "gain_per_mb" in r else "") + " |")
-    lines += ["", f"Greedy mixes within {args.budget_mb:g} MB (each scored whole, in the order bought): "
-              + ("; ".join(mixes) if mixes else "none") + ".", ""]
+    lines += ["", f"Greedy mixes within {args.budget_mb:g} MB (each scored whole, in the order bought; from the "
+              "token embedding at q8_0, then at q5_0, the freed bytes spent on the same ranking): "
+              + ("; ".join(mixes) if mixes else "none") + f". **Lowest KL: {best}** (what "
+              "obqa_student_forms.py exports with `--tensor-type`).", ""]
     (RESULTS / f"{args.stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
