@@ -165,7 +165,7 @@ def tune(model, tok, pairs: list[tuple[str, str]], ptypes: dict[str, str], lr: f
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            value = float(kl[ans].mean())
+            value = float(kl[ans].mean().detach())
             first = value if first is None else first
             last = value if last is None else 0.9 * last + 0.1 * value
             progress.update(1, tokens=int(mask.sum()))
