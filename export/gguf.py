@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,6 @@ def check_supported(config: dict) -> str:
 
 def tensor_type_pairs(spec: str) -> list[tuple[str, str]]:
     """export.tensor_types ("PATTERN=TYPE,PATTERN=TYPE") as (pattern, type) pairs; one sentence on a bad one."""
-    import re
 
     pairs = []
     for item in (x.strip() for x in spec.split(",") if x.strip()):
@@ -53,7 +53,6 @@ def tensor_type_pairs(spec: str) -> list[tuple[str, str]]:
 
 def check_tensor_types(f16: Path, pairs: list[tuple[str, str]]) -> None:
     """Every pattern must match a matrix of the file, else it is a typo that would silently change nothing."""
-    import re
 
     from gguf import GGUFReader
 
@@ -67,7 +66,6 @@ def check_tensor_types(f16: Path, pairs: list[tuple[str, str]]) -> None:
 def variant(quant: str, rank: int = 0, qat: int = 0, tensor_types: str = "") -> str:
     """The export's name after its format (folder gguf-<variant>, bench contestant student-gguf-<variant>):
     q4_0, q4_1-r16, q4_0-qat500, q4_0-ffn_down.q8_0 …"""
-    import re
 
     tt = "".join(f"-{re.sub(r'[^A-Za-z0-9_]+', '_', p).strip('_')}.{k}" for p, k in tensor_type_pairs(tensor_types))
     return quant + tt + (f"-r{rank}" if rank else "") + (f"-qat{qat}" if qat else "")
@@ -329,13 +327,13 @@ def quantize_here(src: str, dst: str, quant: str, threads: int = 0, embeddings_q
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(gguf.LlamaFileType, QUANTS[quant]).value
     params.nthread = threads
-    if embeddings_q8:
-        params.token_embedding_type = params.output_tensor_type = llama_cpp.GGML_TYPE_Q8_0
+    pairs = tensor_type_pairs(tensor_types)
+    if embeddings_q8 and not any(re.search(p, n) for p, _ in pairs for n in ("token_embd.weight", "output.weight")):
+        params.token_embedding_type = params.output_tensor_type = llama_cpp.GGML_TYPE_Q8_0  # a pattern asked wins
     if imatrix is not None:
         from export.imatrix import ctypes_entries, load
 
         params.imatrix, _alive = ctypes_entries(load(Path(imatrix)))
-    pairs = tensor_type_pairs(tensor_types)
     if pairs:  # llama.cpp reads the list up to an entry whose pattern is NULL
         overrides = (llama_cpp.llama_model_tensor_override * (len(pairs) + 1))()
         for entry, (pattern, kind) in zip(overrides, pairs):

@@ -801,6 +801,14 @@ def test_per_tensor_types_reach_the_file_and_its_name_and_a_pattern_that_matches
 
     (found,) = [c for c in discover(load_config(None), student) if c["kind"] == "student-gguf"]
     assert found["name"] == "student-gguf-q4_0-ffn_down.q8_0-blk_0_attn_v.q5_0", found
+    # with --qat the token embedding is kept at q8_0 unless a pattern gives it a type: the pattern wins
+    r = export(str(student), "--format", "gguf", "--quant", "q4_0", "--tensor-type", "token_embd=q5_0", "--qat", "8",
+               "--no-mlflow", "data.name=demo", "export.parity_prompts=4", "export.min_top1_agreement.q4_0=0",
+               "export.max_mean_kl.q4_0=1e9", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    qat_out = tmp_path / "run" / "exports" / "gguf-q4_0-token_embd.q5_0-qat8"
+    assert tensor_types(qat_out / "student-q4_0.gguf")["token_embd.weight"] == "Q5_0"
+    assert json.loads((qat_out / "parity.json").read_text())["qat"]["types"]["token_embd.weight"] == "Q5_0"
     for args, msg in ((("--quant", "q4_0", "--tensor-type", "ffn_dwn=q8_0"), "matches none of this student's matrices"),
                       (("--quant", "q4_0", "--tensor-type", "ffn_down=q9"), "is not PATTERN=TYPE"),
                       (("--quant", "auto", "--tensor-type", "ffn_down=q8_0"), "chooses among whole-file types")):
