@@ -35,7 +35,6 @@ def check_supported(config: dict) -> str:
 
 def tensor_type_pairs(spec: str) -> list[tuple[str, str]]:
     """export.tensor_types ("PATTERN=TYPE,PATTERN=TYPE") as (pattern, type) pairs; one sentence on a bad one."""
-
     pairs = []
     for item in (x.strip() for x in spec.split(",") if x.strip()):
         pattern, _, kind = item.rpartition("=")
@@ -53,7 +52,6 @@ def tensor_type_pairs(spec: str) -> list[tuple[str, str]]:
 
 def check_tensor_types(f16: Path, pairs: list[tuple[str, str]]) -> None:
     """Every pattern must match a matrix of the file, else it is a typo that would silently change nothing."""
-
     from gguf import GGUFReader
 
     names = [t.name for t in GGUFReader(str(f16)).tensors if len(t.shape) == 2]
@@ -66,7 +64,6 @@ def check_tensor_types(f16: Path, pairs: list[tuple[str, str]]) -> None:
 def variant(quant: str, rank: int = 0, qat: int = 0, tensor_types: str = "") -> str:
     """The export's name after its format (folder gguf-<variant>, bench contestant student-gguf-<variant>):
     q4_0, q4_1-r16, q4_0-qat500, q4_0-ffn_down.q8_0 …"""
-
     tt = "".join(f"-{re.sub(r'[^A-Za-z0-9_]+', '_', p).strip('_')}.{k}" for p, k in tensor_type_pairs(tensor_types))
     return quant + tt + (f"-r{rank}" if rank else "") + (f"-qat{qat}" if qat else "")
 
