@@ -61,6 +61,13 @@ def check_tensor_types(f16: Path, pairs: list[tuple[str, str]]) -> None:
                             f"look like {names[0]}, blk.0.ffn_down.weight.")
 
 
+def held_types(path: Path) -> dict[str, str]:
+    """GGUF tensor name -> the type the file holds it in (`Q4_0`, `Q8_0`, `F32`, …)."""
+    from gguf import GGUFReader
+
+    return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
+
+
 def variant(quant: str, rank: int = 0, qat: int = 0, tensor_types: str = "") -> str:
     """The export's name after its format (folder gguf-<variant>, bench contestant student-gguf-<variant>):
     q4_0, q4_1-r16, q4_0-qat500, q4_0-ffn_down.q8_0 …"""
@@ -325,8 +332,8 @@ def quantize_here(src: str, dst: str, quant: str, threads: int = 0, embeddings_q
     params.ftype = getattr(gguf.LlamaFileType, QUANTS[quant]).value
     params.nthread = threads
     pairs = tensor_type_pairs(tensor_types)
-    if embeddings_q8 and not any(re.search(p, n) for p, _ in pairs for n in ("token_embd.weight", "output.weight")):
-        params.token_embedding_type = params.output_tensor_type = llama_cpp.GGML_TYPE_Q8_0  # a pattern asked wins
+    if embeddings_q8:  # after the asked patterns: the first match wins, so a token_embd pattern keeps its type
+        pairs += [(r"^token_embd\.weight$", "q8_0"), (r"^output\.weight$", "q8_0")]
     if imatrix is not None:
         from export.imatrix import ctypes_entries, load
 

@@ -62,7 +62,7 @@ def quantization_aware(student: Path, cfg: Config, model, tok, f16: Path, quant:
 
     probe = out / f"probe-{quant}.gguf"
     gguf_mod.quantize(f16, probe, quant, log_file=tool_log, embeddings_q8=True, tensor_types=cfg.export.tensor_types)
-    types = qat.tensor_types(probe)
+    types = gguf_mod.held_types(probe)
     probe.unlink()
     odd = sorted({k for k in types.values() if k not in ("F32", "F16", *qat.MIRRORED)})
     if odd:
@@ -187,8 +187,8 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
 
         qat.check(quant, cfg.export.imatrix, rank)
     tt = cfg.export.tensor_types if fmt == "gguf" else ""
+    tt_pairs = gguf_mod.tensor_type_pairs(tt)  # a malformed pair is refused before any work
     if tt:
-        gguf_mod.tensor_type_pairs(tt)  # a malformed pair is refused before any work
         if quant in ("auto", "f16"):
             raise UserError(f"export.tensor_types sets types within a quantized file; --quant {quant} "
                             + ("chooses among whole-file types, " if quant == "auto" else "quantizes nothing, ")
@@ -223,7 +223,7 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
             info = gguf_mod.write_f16(student, f16)
         if tt:
             try:
-                gguf_mod.check_tensor_types(f16, gguf_mod.tensor_type_pairs(tt))
+                gguf_mod.check_tensor_types(f16, tt_pairs)
             except UserError:
                 shutil.rmtree(out)  # nothing computed yet but the f16 file: leave no half export behind
                 raise
@@ -266,10 +266,8 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
             if tt:  # what the file holds: llama.cpp falls back where a k-quant block does not fit a row
                 from collections import Counter
 
-                from export.qat import tensor_types
-
-                info["tensor_types"] = {"overrides": [list(pair) for pair in gguf_mod.tensor_type_pairs(tt)],
-                                        "held": dict(sorted(Counter(tensor_types(model_file).values()).items()))}
+                info["tensor_types"] = {"overrides": [list(pair) for pair in tt_pairs],
+                                        "held": dict(sorted(Counter(gguf_mod.held_types(model_file).values()).items()))}
         info["file"] = model_file.name
     elif fmt == "genai":
         from export.genai import export_genai

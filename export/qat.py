@@ -43,13 +43,6 @@ def check(quant: str, imatrix: str, adapter_rank: int) -> None:
                         "pretrained base; use one of them.")
 
 
-def tensor_types(path: Path) -> dict[str, str]:
-    """GGUF tensor name -> its type name (`Q4_0`, `Q8_0`, `F32`, …) in a quantized file."""
-    from gguf import GGUFReader
-
-    return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
-
-
 def _inverse(d):
     """1/d, and 0 where d is 0 (an all-zero block), as llama.cpp's `id = d ? 1.0f/d : 0.0f`."""
     import torch
@@ -107,10 +100,11 @@ def param_types(model, arch_name: str, types: dict[str, str]) -> dict[str, str]:
 
 
 def tune(model, tok, pairs: list[tuple[str, str]], ptypes: dict[str, str], lr: float, batch_size: int = 8,
-         seed: int = 0):
+         seed: int = 0, prompt_weight: float = 0.5, first_weight: float = 0.0):
     """A copy of `model` tuned for one pass over `pairs` under llama.cpp's rounding; returns (copy, facts).
-    The loss is KL(fp32 student || rounded copy) per position, half of it on the gold answer's positions (what
-    exact match reads) and half on the prompt's."""
+    The loss is KL(fp32 student || rounded copy) per position: `prompt_weight` of it on the prompt's positions,
+    the rest on the gold answer's (what exact match reads), of which `first_weight` goes to the position that
+    picks the answer's first token (where greedy decoding commits to an option)."""
     import torch
     import torch.nn.functional as F
     from torch.func import functional_call
@@ -154,6 +148,7 @@ def tune(model, tok, pairs: list[tuple[str, str]], ptypes: dict[str, str], lr: f
             pos = torch.arange(width - 1)
             live = mask[:, 1:].bool()  # position t predicts token t+1
             is_answer = pos[None, :] >= torch.tensor(answer_from)[:, None]
+            is_first = pos[None, :] == torch.tensor(answer_from)[:, None]
             with torch.no_grad():
                 target = F.log_softmax(ref(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
             rounded = {n: (p + (round_like(p, ptypes[n]) - p).detach()) if n in ptypes else p
@@ -161,7 +156,8 @@ def tune(model, tok, pairs: list[tuple[str, str]], ptypes: dict[str, str], lr: f
             logits = functional_call(qm, rounded, args=(), kwargs={"input_ids": ids, "attention_mask": mask}).logits
             kl = (target.exp() * (target - F.log_softmax(logits[:, :-1].float(), -1))).sum(-1)
             ans, prompt = live & is_answer, live & ~is_answer
-            loss = 0.5 * kl[ans].mean() + 0.5 * (kl[prompt].mean() if prompt.any() else 0.0)
+            answer_loss = (1 - first_weight) * kl[ans].mean() + first_weight * kl[live & is_first].mean()
+            loss = (1 - prompt_weight) * answer_loss + prompt_weight * (kl[prompt].mean() if prompt.any() else 0.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
