@@ -40,14 +40,15 @@ def discover(cfg: Config, student: Path | None) -> list[dict]:
             if p["format"] == "gguf":
                 f, ad = d / p["file"], p.get("adapter")  # ad: export.adapter_rank's LoRA file, loaded with the base
                 qat = p.get("qat", {}).get("questions")  # export.qat_questions: tuned under llama.cpp's rounding
+                gptq = p.get("gptq", {}).get("questions")  # export.gptq_questions: rounded with error feedback
                 from export.gguf import variant as gguf_variant
 
                 tt = ",".join(f"{pat}={kind}" for pat, kind in p.get("tensor_types", {}).get("overrides", []))
                 found.append({"name": f"student-gguf-{'auto-' if p.get('auto') else ''}"
-                                      + gguf_variant(p["quant"], ad["rank"] if ad else 0, qat or 0, tt),
+                                      + gguf_variant(p["quant"], ad["rank"] if ad else 0, qat or 0, tt, gptq or 0),
                               "kind": "student-gguf", "role": "student",
                               "runtime": f"llama.cpp {p['quant']}" + (f" + rank-{ad['rank']} adapter" if ad else "")
-                              + (f" with {tt}" if tt else "") + (" after a quantization-aware pass" if qat else ""),
+                              + (f" with {tt}" if tt else "") + (" after a quantization-aware pass" if qat else "") + (" rounded by GPTQ" if gptq else ""),
                               "path": str(f), "lora": str(d / ad["file"]) if ad else None,
                               "size_bytes": f.stat().st_size + ((d / ad["file"]).stat().st_size if ad else 0),
                               "parity_passed": p["passed"]})

@@ -286,6 +286,15 @@ class ExportConfig:
     `tinyllm-export --qat N`. Not with --quant auto, an importance matrix or an adapter."""
     qat_lr: float = 1e-5
     """The quantization-aware pass's AdamW learning rate."""
+    gptq_questions: int = 0
+    """GGUF q4_0 or q5_0 (and --tensor-type mixes with them): 0 = llama.cpp rounds every weight to its nearest
+    grid point. N: the q4_0/q5_0 matrices are rounded onto llama.cpp's own grid by GPTQ instead (one input
+    column at a time, each column's error spread over the columns not yet rounded, weighted by the inverse
+    Hessian of that matrix's inputs on N of the student's training questions: answer prompt + gold answer);
+    llama.cpp then re-quantizes them to exactly those blocks (export/gptq.py). `tinyllm-export --gptq N`.
+    Not with --quant auto, an importance matrix, an adapter or the quantization-aware pass."""
+    gptq_damp: float = 0.01
+    """GPTQ's damping: this fraction of the Hessian's mean diagonal is added to its diagonal before inverting."""
     tensor_types: str = ""
     """GGUF: per-tensor quantization types over --quant's, comma-separated PATTERN=TYPE pairs as llama-quantize's
     --tensor-type takes them (`tinyllm-export --tensor-type`): PATTERN a regular expression searched in the GGUF
@@ -634,6 +643,11 @@ def validate(cfg: Config) -> None:
     if cfg.export.qat_questions < 0:
         raise UserError(f"export.qat_questions must be >= 0 (0 = no quantization-aware pass), got "
                         f"{cfg.export.qat_questions}.")
+    if cfg.export.gptq_questions < 0:
+        raise UserError(f"export.gptq_questions must be >= 0 (0 = nearest rounding), got {cfg.export.gptq_questions}.")
+    if not cfg.export.gptq_damp > 0:
+        raise UserError(f"export.gptq_damp must be above 0 (a fraction of the Hessian's mean diagonal, e.g. 0.01), got "
+                        f"{cfg.export.gptq_damp}.")
     if cfg.export.adapter_rank < 0:
         raise UserError(f"export.adapter_rank must be >= 0 (0 = no adapter), got {cfg.export.adapter_rank}.")
     for key in ("eval_every", "save_every", "ce_chunk_tokens"):

@@ -49,6 +49,9 @@ def split_source(source: str | None, overrides: tuple[str, ...]) -> tuple[str | 
 @click.option("--qat", "qat_questions", type=int, help="gguf q4_0, q5_0, q8_0: first a quantization-aware pass over "
               "this many of the student's training questions, tuning it under llama.cpp's exact rounding to match "
               "the fp32 student (export.qat_questions; 0 = off).")
+@click.option("--gptq", "gptq_questions", type=int, help="gguf q4_0, q5_0 (or --tensor-type mixes with them): round "
+              "their matrices onto llama.cpp's grid with GPTQ's error feedback, on the inputs of this many of the "
+              "student's training questions, instead of nearest rounding (export.gptq_questions; 0 = off).")
 @click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=TYPE", help="gguf: quantize the "
               "tensors whose GGUF name matches the regular expression PATTERN to TYPE (f16, q8_0, q6_k, q5_k, q5_1, "
               "q5_0, q4_k, q4_1, q4_0, q3_k, q2_k) instead of --quant's type, as llama-quantize's --tensor-type; "
@@ -66,7 +69,7 @@ def split_source(source: str | None, overrides: tuple[str, ...]) -> tuple[str | 
 @click.option("--verbose", is_flag=True, help="Show the converters' own output (optimum's tracer warnings, llama.cpp's "
               "per-tensor lines) instead of writing it to <out>/export.log.")
 @user_errors
-def main(source, overrides, fmt, quant, imatrix, adapter_rank, qat_questions, tensor_types, max_drop, out, run_id, config, dry_run, no_mlflow, overwrite, verbose):
+def main(source, overrides, fmt, quant, imatrix, adapter_rank, qat_questions, gptq_questions, tensor_types, max_drop, out, run_id, config, dry_run, no_mlflow, overwrite, verbose):
     """Turn a trained student (SOURCE: a local folder, runs:/… or models:/name/version) into ONNX, GGUF or an onnxruntime-genai model.
 
     Every export is checked against the torch model on real prompts; a parity failure exits
@@ -91,6 +94,8 @@ def main(source, overrides, fmt, quant, imatrix, adapter_rank, qat_questions, te
         overrides = (*overrides, f"export.adapter_rank={adapter_rank}")
     if qat_questions is not None:
         overrides = (*overrides, f"export.qat_questions={qat_questions}")
+    if gptq_questions is not None:
+        overrides = (*overrides, f"export.gptq_questions={gptq_questions}")
     if tensor_types:
         quoted = ",".join(tensor_types).replace("'", "''")  # single-quoted YAML: a pattern's [ ] { } stay text
         overrides = (*overrides, f"export.tensor_types='{quoted}'")
@@ -99,7 +104,8 @@ def main(source, overrides, fmt, quant, imatrix, adapter_rank, qat_questions, te
     student = Path(source) if source and Path(source).is_dir() else layout.student_dir(cfg.output_dir)
     rank = cfg.export.adapter_rank if fmt == "gguf" else 0
     qat_n = cfg.export.qat_questions if fmt == "gguf" else 0
-    variant = gguf_variant(quant, rank, qat_n, cfg.export.tensor_types) if fmt == "gguf" else quant
+    gptq_n = cfg.export.gptq_questions if fmt == "gguf" else 0
+    variant = gguf_variant(quant, rank, qat_n, cfg.export.tensor_types, gptq_n) if fmt == "gguf" else quant
     out_dir = Path(out) if out else layout.export_dir(student, fmt, variant)
     if dry_run:
         from export.source import for_student

@@ -68,11 +68,11 @@ def held_types(path: Path) -> dict[str, str]:
     return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
 
 
-def variant(quant: str, rank: int = 0, qat: int = 0, tensor_types: str = "") -> str:
+def variant(quant: str, rank: int = 0, qat: int = 0, tensor_types: str = "", gptq: int = 0) -> str:
     """The export's name after its format (folder gguf-<variant>, bench contestant student-gguf-<variant>):
-    q4_0, q4_1-r16, q4_0-qat500, q4_0-ffn_down.q8_0 …"""
+    q4_0, q4_1-r16, q4_0-qat500, q4_0-ffn_down.q8_0, q5_0-gptq1000 …"""
     tt = "".join(f"-{re.sub(r'[^A-Za-z0-9_]+', '_', p).strip('_')}.{k}" for p, k in tensor_type_pairs(tensor_types))
-    return quant + tt + (f"-r{rank}" if rank else "") + (f"-qat{qat}" if qat else "")
+    return quant + tt + (f"-r{rank}" if rank else "") + (f"-qat{qat}" if qat else "") + (f"-gptq{gptq}" if gptq else "")
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:

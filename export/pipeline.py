@@ -84,6 +84,38 @@ def quantization_aware(student: Path, cfg: Config, model, tok, f16: Path, quant:
     return {"questions": len(pairs), "source": where, "types": dict(sorted(types.items())), **facts}
 
 
+def gptq_rounding(student: Path, cfg: Config, model, tok, f16: Path, quant: str, n: int, arch_name: str,
+                  out: Path, tool_log: Path | None) -> dict:
+    """Round the student's q4_0/q5_0 matrices with GPTQ (export/gptq.py) and rewrite `f16` from them; what was done,
+    for the report. The types come from quantizing the f16 file once, as the real quantization will."""
+    import copy
+
+    from export import gguf as gguf_mod
+    from export import gptq, qat
+
+    probe = out / f"probe-{quant}.gguf"
+    gguf_mod.quantize(f16, probe, quant, log_file=tool_log, tensor_types=cfg.export.tensor_types)
+    types = gguf_mod.held_types(probe)
+    probe.unlink()
+    ptypes = qat.param_types(model, arch_name, types)
+    if not any(k in gptq.GRIDS for k in ptypes.values()):
+        raise UserError(f"--gptq rounds q4_0 and q5_0 matrices, and under --quant {quant}"
+                        + (f" with {cfg.export.tensor_types}" if cfg.export.tensor_types else "")
+                        + " this student has none; use --quant q4_0 or q5_0, or export without --gptq.")
+    try:
+        pairs, where = training_pairs(student, cfg.data, n)
+    except UserError as exc:
+        raise UserError(f"GPTQ rounding needs the student's training data, which was not found ({exc}); "
+                        "set export.gptq_questions=0 or point data.path at it.") from None
+    rounded = copy.deepcopy(model)
+    facts = gptq.apply(rounded, tok, [p + a for p, a in pairs], ptypes, cfg.export.gptq_damp)
+    folder = qat.save(rounded, student, out / "gptq-student")
+    gguf_mod.write_f16(folder, f16)
+    shutil.rmtree(folder)
+    del rounded
+    return {"source": where, "types": dict(sorted(types.items())), **facts}
+
+
 def adapter_base(student: Path, cfg: Config) -> str:
     """export.adapter_rank: the model the student was trained from (export.adapter_base, else its run's
     student.model)."""
@@ -186,6 +218,11 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
         from export import qat
 
         qat.check(quant, cfg.export.imatrix, rank)
+    gptq_n = cfg.export.gptq_questions if fmt == "gguf" else 0
+    if gptq_n:
+        from export import gptq
+
+        gptq.check(quant, cfg.export.imatrix, rank, qat_n)
     tt = cfg.export.tensor_types if fmt == "gguf" else ""
     tt_pairs = gguf_mod.tensor_type_pairs(tt)  # a malformed pair is refused before any work
     if tt:
@@ -230,6 +267,9 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
         if qat_n:
             info["qat"] = quantization_aware(student, cfg, model, tok, f16, quant, qat_n,
                                              gguf_mod.SUPPORTED[gguf_mod.check_supported(hf_cfg)], out, tool_log)
+        if gptq_n:
+            info["gptq"] = gptq_rounding(student, cfg, model, tok, f16, quant, gptq_n,
+                                         gguf_mod.SUPPORTED[gguf_mod.check_supported(hf_cfg)], out, tool_log)
         model_file = f16
         imatrix_file = None
         if quant == "auto" or quant in BELOW_8_BITS:

@@ -816,3 +816,79 @@ def test_per_tensor_types_reach_the_file_and_its_name_and_a_pattern_that_matches
         r = export(str(student), "--format", "gguf", *args, "--no-mlflow", "--out", str(tmp_path / "no"), cwd=tmp_path)
         assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
         assert not (tmp_path / "no").exists() and not (tmp_path / "no.partial").exists()
+
+
+def test_gptq_rounding_lands_on_llama_cpps_grid_and_beats_nearest_rounding_on_its_inputs():
+    """export/gptq.py must hand llama.cpp values it re-quantizes to themselves (so the file holds GPTQ's blocks),
+    and on the inputs it was given the rounded matrix's outputs must be closer to fp32 than nearest rounding's."""
+    import torch
+
+    from export.gptq import round_matrix
+    from export.qat import round_like
+
+    g = torch.Generator().manual_seed(0)
+    # correlated inputs, as a transformer's are (GPTQ's gain comes from the correlation)
+    x = (torch.randn(512, 16, generator=g, dtype=torch.float64) @ torch.randn(16, 96, generator=g, dtype=torch.float64)
+         + 0.1 * torch.randn(512, 96, generator=g, dtype=torch.float64))
+    x[:, 5] = 0.0  # a dead input column
+    h = x.T @ x
+    w = torch.randn(24, 96, generator=g) * 0.05
+    for kind in ("Q4_0", "Q5_0"):
+        q = round_matrix(w, h, kind)
+        assert torch.equal(round_like(q, kind), q), kind  # a fixed point of llama.cpp's reference rounding
+        ref = w.half().double()
+        err = [float((((ref - c.double()) @ h) * (ref - c.double())).sum()) for c in (q, round_like(w, kind))]
+        assert err[0] < 0.8 * err[1], (kind, err)
+        assert torch.all(q[:, 5] == 0)  # an input that never fires gets no weight
+
+
+def test_a_gptq_export_holds_the_rounded_blocks_and_refuses_what_it_cannot_go_with(tiny_bpe_student, tmp_path):
+    import shutil
+
+    import gguf
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from distill.config import StudentConfig, load_config
+    from distill.student import load_student
+    from export import gptq
+    from export.qat import param_types
+    from export.source import training_pairs
+
+    student = tmp_path / "run" / "student"
+    shutil.copytree(tiny_bpe_student, student)
+    r = export(str(student), "--format", "gguf", "--quant", "q4_0", "--gptq", "16", "--no-mlflow", "data.name=demo",
+               "export.parity_prompts=4", "export.min_top1_agreement.q4_0=0", "export.max_mean_kl.q4_0=1e9", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "run" / "exports" / "gguf-q4_0-gptq16"
+    facts = json.loads((out / "parity.json").read_text())["gptq"]
+    assert facts["questions"] == 16 and facts["source"] == "demo/train" and facts["matrices"] > 0
+    assert facts["output_error_vs_nearest"] < 1.0
+    assert not (out / "gptq-student").exists() and not list(out.glob("probe-*"))
+    # the same rounding, redone here, is what the file holds (sorted values: llama.cpp permutes q/k rows)
+    file = out / "student-q4_0.gguf"
+    held = {t.name: t for t in GGUFReader(str(file)).tensors}
+    model, tok, _ = load_student(StudentConfig(model=str(student)))
+    ptypes = param_types(model, "LLAMA", {n: t.tensor_type.name for n, t in held.items()})
+    pairs, _ = training_pairs(student, load_config(None, ["data.name=demo"]).data, 16)
+    gptq.apply(model.eval(), tok, [p + a for p, a in pairs], ptypes)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.config.num_hidden_layers)
+    compared = 0
+    for name, p in model.named_parameters():
+        if ptypes.get(name) == "Q4_0":
+            t = held[names.get_name(name, try_suffixes=(".weight",))]
+            got = np.sort(dequantize(np.array(t.data), t.tensor_type).ravel())
+            assert np.array_equal(got, np.sort(p.detach().numpy().ravel())), name
+            compared += 1
+    assert compared == facts["matrices"]
+    from bench.run import discover
+
+    (found,) = [c for c in discover(load_config(None), student) if c["kind"] == "student-gguf"]
+    assert found["name"] == "student-gguf-q4_0-gptq16" and "GPTQ" in found["runtime"]
+    for args, msg in ((("--quant", "q8_0", "--gptq", "4"), "has none"),
+                      (("--quant", "q4_0", "--gptq", "4", "--imatrix", "auto"), "cannot go together"),
+                      (("--quant", "q4_0", "--gptq", "4", "--qat", "4"), "use one of them")):
+        r = export(str(student), "--format", "gguf", *args, "--no-mlflow", "data.name=demo", "--out",
+                   str(tmp_path / "no"), cwd=tmp_path)
+        assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert not (tmp_path / "no").exists()
