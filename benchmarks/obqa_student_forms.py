@@ -11,7 +11,8 @@ The student is the paper table's OBQA TinyLLM cell (`runs/paper/obqa/tinyllm/stu
 benchmarks/results/paper_table_cpu.md). Steps, each skipped when its output exists:
 1. `tinyllm-export` to GGUF q8_0/q6_k/q5_k_m/q5_0/q4_k_m/q4_1/q4_0, q4_1 with the fine-tuning as a rank-16
    adapter (`--adapter-rank`), q4_0 and q5_0 after a quantization-aware pass (`--qat 500`), the per-tensor type mix
-   obqa_tensor_sensitivity.py chose on validation (`--tensor-type`, as it is and with `--qat 500`), ONNX fp32 and int8 (MatMulNBits, int8 compute), onnxruntime-genai int4 (round to
+   obqa_tensor_sensitivity.py chose on validation (`--tensor-type`, as it is and with `--qat 500`), q5_0 and
+   q4_0 rounded by GPTQ on 1,000 training questions (`--gptq 1000`), ONNX fp32 and int8 (MatMulNBits, int8 compute), onnxruntime-genai int4 (round to
    nearest; k_quant scales; k_quant with the LM head at int8), and
    `--quant auto` (chosen on the 500 *validation* questions, `--max-drop 1`; when that certifies nothing the md
    shows what the same rule picks at 2 and 3 points, and how that file does on test).
@@ -57,6 +58,9 @@ QAT_VARIANTS = {"gguf-q4_0-qat500": ("q4_0", 500, ("export.qat_lr=5e-5",)),
 """The quantization-aware pass (`--qat`) over 500 of the 2,000 training questions, at the student's own
 training learning rate, before llama.cpp rounds it to q4_0 or q5_0 (every matrix at 5 bits): folder ->
 (quant, questions, overrides)."""
+GPTQ_VARIANTS = {"gguf-q5_0-gptq1000": ("q5_0", 1000), "gguf-q4_0-gptq1000": ("q4_0", 1000)}
+"""GPTQ rounding (`--gptq`) onto llama.cpp's q5_0 / q4_0 grid, on the inputs of 1,000 of the 2,000 training
+questions, instead of nearest rounding: folder -> (quant, questions)."""
 
 
 def mix_variants() -> dict[str, tuple[str, str, int]]:
@@ -145,6 +149,10 @@ def export_all(steps: list[dict]) -> None:
         if not (RUN / "exports" / name / "parity.json").exists() and wanted(name):
             sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", quant, "--qat", str(n),
                 "--overwrite", *overrides], steps, f"export {name}", kept=RUN / "exports" / name / "parity.json")
+    for name, (quant, n) in GPTQ_VARIANTS.items():
+        if not (RUN / "exports" / name / "parity.json").exists() and wanted(name):
+            sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", quant, "--gptq", str(n),
+                "--overwrite"], steps, f"export {name}", kept=RUN / "exports" / name / "parity.json")
     for name, (quant, tt, n) in mix_variants().items():
         if not (RUN / "exports" / name / "parity.json").exists() and wanted(name):
             sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", quant,

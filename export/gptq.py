@@ -44,12 +44,14 @@ def hessians(model, tok, texts: list[str], names: list[str]) -> tuple[dict, int]
 
     modules = dict(model.named_modules())
     acc = {n: None for n in names}
+    last = {"x": None, "h": None}  # q/k/v (and gate/up) read the same tensor: its x xᵀ is computed once
 
     def hook(name):
         def pre(_module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            h = x.T @ x
-            acc[name] = h if acc[name] is None else acc[name] + h
+            if args[0] is not last["x"]:
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+                last["x"], last["h"] = args[0], (x.T @ x).double()
+            acc[name] = last["h"] if acc[name] is None else acc[name] + last["h"]
         return pre
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
@@ -65,6 +67,7 @@ def hessians(model, tok, texts: list[str], names: list[str]) -> tuple[dict, int]
     finally:
         for h in handles:
             h.remove()
+        last.clear()
     return acc, tokens
 
 
