@@ -63,10 +63,11 @@ GPTQ_VARIANTS = {"gguf-q5_0-gptq1000": ("q5_0", 1000), "gguf-q4_0-gptq1000": ("q
 questions, instead of nearest rounding: folder -> (quant, questions)."""
 
 
-def mix_variants() -> dict[str, tuple[str, str, int]]:
+def mix_variants() -> dict[str, tuple[str, str, int, int]]:
     """Per-tensor type mixes (`--tensor-type`), chosen on validation by benchmarks/obqa_tensor_sensitivity.py:
-    its lowest-KL mix within the size budget, as it is and after the same quantization-aware pass as
-    QAT_VARIANTS: folder -> (quant, export.tensor_types, qat questions). Empty before the scan has run."""
+    its lowest-KL mix within the size budget, as it is, after the same quantization-aware pass as QAT_VARIANTS,
+    and rounded by GPTQ as GPTQ_VARIANTS: folder -> (quant, export.tensor_types, qat questions, gptq questions).
+    Empty before the scan has run."""
     from export.gguf import variant
 
     f = RESULTS / "obqa_tensor_sensitivity.json"
@@ -75,7 +76,7 @@ def mix_variants() -> dict[str, tuple[str, str, int]]:
         return {}
     quant, rest = best.split(" + ", 1)  # "q4_0 + token_embd=q5_0, attn_v=q5_0, attn_q=q5_0"
     tt = ",".join(rest.split(", "))
-    return {f"gguf-{variant(quant, 0, n, tt)}": (quant, tt, n) for n in (0, 500)}
+    return {f"gguf-{variant(quant, 0, n, tt, g)}": (quant, tt, n, g) for n, g in ((0, 0), (500, 0), (0, 1000))}
 
 
 TEACHERS = ("teachers=[{name: smollm2, backend: llama.cpp, model: smollm2-135m-instruct, max_new_tokens: 64}, "
@@ -153,11 +154,12 @@ def export_all(steps: list[dict]) -> None:
         if not (RUN / "exports" / name / "parity.json").exists() and wanted(name):
             sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", quant, "--gptq", str(n),
                 "--overwrite"], steps, f"export {name}", kept=RUN / "exports" / name / "parity.json")
-    for name, (quant, tt, n) in mix_variants().items():
+    for name, (quant, tt, n, g) in mix_variants().items():
         if not (RUN / "exports" / name / "parity.json").exists() and wanted(name):
             sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", quant,
                 *[a for pair in tt.split(",") for a in ("--tensor-type", pair)], "--overwrite",
-                *(["--qat", str(n), "export.qat_lr=5e-5"] if n else [])], steps, f"export {name}",
+                *(["--qat", str(n), "export.qat_lr=5e-5"] if n else []), *(["--gptq", str(g)] if g else [])],
+               steps, f"export {name}",
                kept=RUN / "exports" / name / "parity.json")
     out = RUN / "exports" / "gguf-auto"
     if auto_report() is None and wanted("gguf-auto"):
