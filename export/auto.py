@@ -1,7 +1,8 @@
 """`--quant auto`: the smallest GGUF whose task accuracy stays within a budget of the torch student's.
 
 Every candidate (q4_0, q4_1, q4_k_m, q5_k_m, q6_k, q8_0, and q4_0, q4_k_m, q5_k_m, q6_k again with the
-token embedding and output tensor kept at q8_0; below 8 bits with the export's importance matrix) is
+token embedding and output tensor kept at q8_0; below 8 bits with the export's importance matrix; with
+`--gptq N` also q4_0 and q5_0 rounded by GPTQ, `q4_0-gptq<N>`, `q5_0-gptq<N>`) is
 quantized from one f16 file and answers the student's *validation* questions greedily through llama.cpp;
 its exact-match accuracy (the generated first line is the gold option's text) is compared with the torch
 student's on the same questions. The smallest file whose drop is *certified* at most
@@ -135,11 +136,12 @@ RULE = ("smallest candidate whose upper prediction bound on the paired exact-mat
 
 
 def choose(f16: Path, out_dir: Path, student: Path, model, tok, cfg, questions: tuple[list, str],
-           imatrix: Path | None = None) -> dict:
+           imatrix: Path | None = None, extra: list[tuple[str, str, Path, dict]] = ()) -> dict:
     """Quantize every candidate, score each distinct file on the validation questions, keep the smallest whose
     drop is certified within budget (`prediction_bound`, corrected over the distinct files) as
-    `student-<name>.gguf`. Returns the measurements, each candidate's per-question correctness included
-    (raises NoCandidateFits after writing only auto.json)."""
+    `student-<name>.gguf`. `extra`: more candidates, each (name, quant, its own f16 file, facts for the report),
+    e.g. GPTQ-rounded weights (`--gptq`). Returns the measurements, each candidate's per-question correctness
+    included (raises NoCandidateFits after writing only auto.json)."""
     from distill.student import PromptFormat, answer_is_right
     from export.gguf import quantize
     from export.imatrix import BELOW_8_BITS
@@ -147,15 +149,16 @@ def choose(f16: Path, out_dir: Path, student: Path, model, tok, cfg, questions: 
     budget = cfg.export.max_accuracy_drop
     examples, where = questions
     fmt = PromptFormat.load(student)
-    files = []
-    for name, quant, keep_q8 in CANDIDATES:
+    files, facts = [], {name: more for name, _, _, more in extra}
+    for name, quant, keep_q8, src in ([(n, q, e, f16) for n, q, e in CANDIDATES]
+                                      + [(n, q, False, src) for n, q, src, _ in extra]):
         path = out_dir / f"candidate-{name}.gguf"
-        quantize(f16, path, quant, embeddings_q8=keep_q8, log_file=out_dir / "export.log",
+        quantize(src, path, quant, embeddings_q8=keep_q8, log_file=out_dir / "export.log",
                  imatrix=imatrix if quant in BELOW_8_BITS else None)
         files.append((path.stat().st_size, name, quant, keep_q8, path, hashlib.sha256(path.read_bytes()).hexdigest()))
     files.sort()
     k = len({f[5] for f in files})
-    log(f"[export] --quant auto: {len(CANDIDATES)} candidates ({k} distinct files) on {len(examples)} questions of "
+    log(f"[export] --quant auto: {len(files)} candidates ({k} distinct files) on {len(examples)} questions of "
         f"{where}, budget {budget:g} point(s) of exact match below torch (upper prediction bound of the paired drop "
         f"on a split as large, {100 * CONFIDENCE:.0f}% for all {k} together)")
     ref = torch_answers(model, tok, fmt, examples)
@@ -180,7 +183,7 @@ def choose(f16: Path, out_dir: Path, student: Path, model, tok, cfg, questions: 
                **dict(zip(("lost", "gained"), discordant(ref_correct, correct))),
                "agreement": round(sum(a == r for a, r in zip(answers, ref)) / len(ref), 4),
                "within_budget": bound <= budget, "correct": bits(correct),
-               "same_answer": bits(a == r for a, r in zip(answers, ref))}
+               "same_answer": bits(a == r for a, r in zip(answers, ref)), **({"gptq": facts[name]} if name in facts else {})}
         seen[digest] = rec
         results.append(rec)
         log(f"[export] auto {name}: {size / 1e6:.1f} MB, EM {em:.1f} (torch {torch_em:.1f}), drop {drop:+.1f}, "

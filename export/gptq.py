@@ -18,15 +18,15 @@ GRIDS = {"Q4_0": (8, 15), "Q5_0": (16, 31)}
 """GGUF type -> (offset, largest code), as export/qat.py's ROUNDED."""
 BLOCK = 32
 QUANTS = ("q4_0", "q5_0")
-"""Whole-file `--quant` types whose matrices GPTQ rounds (a --tensor-type pair may bring q4_0/q5_0 into others)."""
+"""Whole-file `--quant` types whose matrices GPTQ rounds (a --tensor-type pair may bring q4_0/q5_0 into others);
+with `--quant auto` each is one more candidate (`<quant>-gptq<N>`)."""
 
 
 def check(quant: str, imatrix: str, adapter_rank: int, qat_questions: int) -> None:
-    """Refuse, before any work, what GPTQ rounding cannot go with."""
-    if quant in ("auto", "f16"):
-        raise UserError(f"export.gptq_questions rounds matrices onto a quantized grid; --quant {quant} "
-                        + ("chooses among whole-file types" if quant == "auto" else "quantizes nothing")
-                        + ", so give --quant q4_0 or q5_0.")
+    """Refuse, before any work, what GPTQ rounding cannot go with (with --quant auto it adds candidates)."""
+    if quant == "f16":
+        raise UserError("export.gptq_questions rounds matrices onto a quantized grid and --quant f16 quantizes nothing; "
+                        "give --quant q4_0, q5_0 or auto.")
     if imatrix != "none":
         raise UserError("export.gptq_questions and an importance matrix cannot go together: llama.cpp rounds with its "
                         "own search under one, so the GPTQ blocks would not survive; set export.imatrix=none.")
@@ -109,33 +109,46 @@ def round_matrix(w, h, kind: str, damp: float = 0.01):
     return Q.float()
 
 
-def apply(model, tok, texts: list[str], ptypes: dict[str, str], damp: float = 0.01) -> dict:
+def round_model(model, acc: dict, ptypes: dict[str, str], texts: int, tokens: int, damp: float = 0.01) -> dict:
     """Round, in place, every matrix of `model` whose GGUF type (`ptypes`: torch name -> type) is q4_0 or q5_0,
-    with GPTQ on the inputs `texts` give it; returns what was done, for the report."""
+    with GPTQ under its inputs' Σ x xᵀ in `acc` (from `hessians`, left as it is); returns what was done."""
     import torch
 
-    modules = dict(model.named_modules())
-    names = [n.rsplit(".", 1)[0] for n, k in ptypes.items() if k in GRIDS
-             and isinstance(modules.get(n.rsplit(".", 1)[0]), torch.nn.Linear)]
-    acc, tokens = hessians(model.eval(), tok, texts, names)
     from export.qat import round_like
 
+    modules = dict(model.named_modules())
+    names = [n.rsplit(".", 1)[0] for n, k in ptypes.items() if k in GRIDS and n.rsplit(".", 1)[0] in acc]
     progress = Progress("gptq: rounding", len(names), log, every_s=30.0, unit="matrix")
     ours = nearest = 0.0
     with torch.no_grad():
         for name in names:
             w = modules[name].weight
-            kind, h = ptypes[name + ".weight"], acc.pop(name).float()
-            q = round_matrix(w, h.double(), kind, damp)
+            kind, hf = ptypes[name + ".weight"], acc[name].float()
+            q = round_matrix(w, hf.double(), kind, damp)
             ref = w.detach().half().float()
-            for out, cand in ((0, q), (1, round_like(w, kind))):  # output error on the calibration inputs
+            for mine, cand in ((True, q), (False, round_like(w, kind))):  # output error on the calibration inputs
                 delta = ref - cand
-                value = float(((delta @ h) * delta).sum())
-                ours, nearest = (ours + value, nearest) if out == 0 else (ours, nearest + value)
+                value = float(((delta @ hf) * delta).sum())
+                ours, nearest = (ours + value, nearest) if mine else (ours, nearest + value)
             w.copy_(q.to(w.dtype))
             progress.update(1)
     ratio = ours / nearest if nearest else 1.0
-    log(f"[export] gptq: {len(names)} matrices rounded with error feedback on {len(texts)} training questions "
+    log(f"[export] gptq: {len(names)} matrices rounded with error feedback on {texts} training questions "
         f"({tokens} tokens); output error {ratio:.2f}x that of nearest rounding")
-    return {"matrices": len(names), "questions": len(texts), "tokens": tokens, "damp": damp,
+    return {"matrices": len(names), "questions": texts, "tokens": tokens, "damp": damp,
             "output_error_vs_nearest": round(ratio, 4)}
+
+
+def linear_names(model, ptypes: dict[str, str]) -> list[str]:
+    """The Linear modules whose weight GPTQ can round under `ptypes`."""
+    import torch
+
+    modules = dict(model.named_modules())
+    return [n.rsplit(".", 1)[0] for n, k in ptypes.items() if k in GRIDS
+            and isinstance(modules.get(n.rsplit(".", 1)[0]), torch.nn.Linear)]
+
+
+def apply(model, tok, texts: list[str], ptypes: dict[str, str], damp: float = 0.01) -> dict:
+    """`hessians` on `texts`, then `round_model`: GPTQ for every q4_0/q5_0 matrix of `model`, in place."""
+    acc, tokens = hessians(model.eval(), tok, texts, linear_names(model, ptypes))
+    return round_model(model, acc, ptypes, len(texts), tokens, damp)

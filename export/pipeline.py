@@ -84,10 +84,28 @@ def quantization_aware(student: Path, cfg: Config, model, tok, f16: Path, quant:
     return {"questions": len(pairs), "source": where, "types": dict(sorted(types.items())), **facts}
 
 
-def gptq_rounding(student: Path, cfg: Config, model, tok, f16: Path, quant: str, n: int, arch_name: str,
-                  out: Path, tool_log: Path | None) -> dict:
-    """Round the student's q4_0/q5_0 matrices with GPTQ (export/gptq.py) and rewrite `f16` from them; what was done,
-    for the report. The types come from quantizing the f16 file once, as the real quantization will."""
+def gptq_inputs(student: Path, cfg: Config, model, tok, n: int) -> dict:
+    """Σ x xᵀ of every Linear's inputs on N of the student's training questions (export/gptq.py), once for all
+    the grids an export rounds onto."""
+    import torch
+
+    from export import gptq
+
+    try:
+        pairs, where = training_pairs(student, cfg.data, n)
+    except UserError as exc:
+        raise UserError(f"GPTQ rounding needs the student's training data, which was not found ({exc}); "
+                        "set export.gptq_questions=0 or point data.path at it.") from None
+    names = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    acc, tokens = gptq.hessians(model.eval(), tok, [p + a for p, a in pairs], names)
+    return {"acc": acc, "tokens": tokens, "questions": len(pairs), "source": where}
+
+
+def gptq_rounding(student: Path, cfg: Config, model, f16: Path, quant: str, arch_name: str, out: Path,
+                  tool_log: Path | None, inputs: dict, dst: Path) -> dict:
+    """A copy of the student with its q4_0/q5_0 matrices (under `quant` and export.tensor_types) rounded by GPTQ
+    on `inputs`, written to `dst` as f16; what was done, for the report. The types come from quantizing `f16`
+    once, as the real quantization will."""
     import copy
 
     from export import gguf as gguf_mod
@@ -102,18 +120,14 @@ def gptq_rounding(student: Path, cfg: Config, model, tok, f16: Path, quant: str,
         raise UserError(f"--gptq rounds q4_0 and q5_0 matrices, and under --quant {quant}"
                         + (f" with {cfg.export.tensor_types}" if cfg.export.tensor_types else "")
                         + " this student has none; use --quant q4_0 or q5_0, or export without --gptq.")
-    try:
-        pairs, where = training_pairs(student, cfg.data, n)
-    except UserError as exc:
-        raise UserError(f"GPTQ rounding needs the student's training data, which was not found ({exc}); "
-                        "set export.gptq_questions=0 or point data.path at it.") from None
     rounded = copy.deepcopy(model)
-    facts = gptq.apply(rounded, tok, [p + a for p, a in pairs], ptypes, cfg.export.gptq_damp)
+    facts = gptq.round_model(rounded, inputs["acc"], ptypes, inputs["questions"], inputs["tokens"],
+                             cfg.export.gptq_damp)
     folder = qat.save(rounded, student, out / "gptq-student")
-    gguf_mod.write_f16(folder, f16)
+    gguf_mod.write_f16(folder, dst)
     shutil.rmtree(folder)
     del rounded
-    return {"source": where, "types": dict(sorted(types.items())), **facts}
+    return {"source": inputs["source"], "types": dict(sorted(types.items())), **facts}
 
 
 def adapter_base(student: Path, cfg: Config) -> str:
@@ -264,26 +278,37 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
             except UserError:
                 shutil.rmtree(out)  # nothing computed yet but the f16 file: leave no half export behind
                 raise
+        arch_name = gguf_mod.SUPPORTED[gguf_mod.check_supported(hf_cfg)]
         if qat_n:
-            info["qat"] = quantization_aware(student, cfg, model, tok, f16, quant, qat_n,
-                                             gguf_mod.SUPPORTED[gguf_mod.check_supported(hf_cfg)], out, tool_log)
+            info["qat"] = quantization_aware(student, cfg, model, tok, f16, quant, qat_n, arch_name, out, tool_log)
+        gptq_f16s = []  # --quant auto --gptq: (candidate, grid, its f16 file, what was done)
         if gptq_n:
-            info["gptq"] = gptq_rounding(student, cfg, model, tok, f16, quant, gptq_n,
-                                         gguf_mod.SUPPORTED[gguf_mod.check_supported(hf_cfg)], out, tool_log)
+            from export import gptq
+
+            inputs = gptq_inputs(student, cfg, model, tok, gptq_n)
+            if quant == "auto":
+                for grid in gptq.QUANTS:
+                    dst = out / f"student-f16-gptq-{grid}.gguf"
+                    facts = gptq_rounding(student, cfg, model, f16, grid, arch_name, out, tool_log, inputs, dst)
+                    gptq_f16s.append((f"{grid}-gptq{gptq_n}", grid, dst, facts))
+            else:
+                info["gptq"] = gptq_rounding(student, cfg, model, f16, quant, arch_name, out, tool_log, inputs, f16)
+            del inputs
         model_file = f16
         imatrix_file = None
         if quant == "auto" or quant in BELOW_8_BITS:
-            imatrix_file, info["imatrix"] = importance_matrix(student, cfg, model, tok,
-                                                              gguf_mod.SUPPORTED[gguf_mod.check_supported(hf_cfg)], out)
+            imatrix_file, info["imatrix"] = importance_matrix(student, cfg, model, tok, arch_name, out)
         if quant == "auto":
             from export.auto import NoCandidateFits, choose
 
             try:
-                auto = choose(f16, out, student, model, tok, cfg, auto_questions, imatrix=imatrix_file)
+                auto = choose(f16, out, student, model, tok, cfg, auto_questions, imatrix=imatrix_file,
+                              extra=gptq_f16s)
             except LlamaCrash as exc:
                 raise ParityFailure(f"{str(exc).rstrip('.')}; the files are kept in {out}.") from None
             except NoCandidateFits as exc:
-                f16.unlink()
+                for path in (f16, *(x[2] for x in gptq_f16s)):
+                    path.unlink()
                 if final.exists():
                     shutil.rmtree(final)
                 out.rename(final)
@@ -297,7 +322,8 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
                                     "questions, or keep f16.")
             quant = auto["chosen"]
             model_file = out / f"student-{quant}.gguf"
-            f16.unlink()
+            for path in (f16, *(x[2] for x in gptq_f16s)):
+                path.unlink()
         elif quant != "f16":
             model_file = out / f"student-{quant}.gguf"
             gguf_mod.quantize(f16, model_file, quant, log_file=tool_log, embeddings_q8=bool(qat_n),

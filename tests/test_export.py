@@ -892,3 +892,19 @@ def test_a_gptq_export_holds_the_rounded_blocks_and_refuses_what_it_cannot_go_wi
                    str(tmp_path / "no"), cwd=tmp_path)
         assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
         assert not (tmp_path / "no").exists()
+
+
+def test_quant_auto_with_gptq_scores_the_gptq_rounded_files_as_candidates_of_their_own(tiny_bpe_student, tmp_path):
+    student = student_with_validation_data(tiny_bpe_student, tmp_path)
+    r = export(str(student), "--format", "gguf", "--quant", "auto", "--gptq", "8", "--max-drop", "100", "--no-mlflow",
+               "export.parity_prompts=5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "run" / "exports" / "gguf-auto-gptq8"
+    auto = json.loads((out / "parity.json").read_text())["auto"]
+    by_name = {c["name"]: c for c in auto["candidates"]}
+    assert {"q4_0-gptq8", "q5_0-gptq8", "q4_0", "q8_0"} <= set(by_name) and len(by_name) == 12
+    for grid in ("q4_0", "q5_0"):
+        c = by_name[f"{grid}-gptq8"]
+        assert c["quant"] == grid and c["gptq"]["questions"] == 8 and c["gptq"]["output_error_vs_nearest"] < 1.0
+    assert by_name["q4_0-gptq8"]["sha256"] != by_name["q4_0"]["sha256"]  # rounded otherwise, so its own file
+    assert [f.name for f in out.glob("*.gguf")] == [f"student-{auto['chosen']}.gguf"]  # no f16 or candidate left
