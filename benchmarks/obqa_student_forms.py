@@ -14,7 +14,8 @@ benchmarks/results/paper_table_cpu.md). Steps, each skipped when its output exis
    obqa_tensor_sensitivity.py chose on validation (`--tensor-type`, as it is and with `--qat 500`), q5_0 and
    q4_0 rounded by GPTQ on 1,000 training questions (`--gptq 1000`), ONNX fp32 and int8 (MatMulNBits, int8 compute), onnxruntime-genai int4 (round to
    nearest; k_quant scales; k_quant with the LM head at int8), and
-   `--quant auto` (chosen on the 500 *validation* questions, `--max-drop 1`; when that certifies nothing the md
+   `--quant auto` (chosen on the 500 *validation* questions, `--max-drop 1`, as it is and with `--gptq 1000`'s two
+   candidates, folder gguf-auto-gptq1000; when that certifies nothing the md
    shows what the same rule picks at 2 and 3 points, and how that file does on test).
    An export whose parity check fails keeps its files and is benched all the same (marked in the table).
 2. `tinyllm-bench` once per contestant (`--contestants <one>`, its own report folder, so a killed run
@@ -109,9 +110,18 @@ def sh(cmd: list[str], log: list[dict], what: str, kept: Path | None = None) -> 
         raise SystemExit(f"[forms] {what} failed (exit {r.returncode}); fix it and run again (finished steps are kept)")
 
 
+AUTO_FOLDERS = {"gguf-auto": (), "gguf-auto-gptq1000": ("--gptq", "1000")}
+"""`--quant auto` as it is, and with the GPTQ-rounded q4_0 / q5_0 files as two more candidates: folder -> flags."""
+
+
+def auto_folder() -> str:
+    """The auto export this sitting's md reports: the GPTQ one when --only names it."""
+    return next((f for f in AUTO_FOLDERS if f in ONLY and f != "gguf-auto"), "gguf-auto")
+
+
 def auto_report() -> dict | None:
     """What `--quant auto --max-drop 1` measured: parity.json's when it chose, auto.json's when it certified nothing."""
-    d = RUN / "exports" / "gguf-auto"
+    d = RUN / "exports" / auto_folder()
     if (d / "parity.json").exists():
         return json.loads((d / "parity.json").read_text())["auto"]
     if (d / "auto.json").exists():
@@ -161,11 +171,12 @@ def export_all(steps: list[dict]) -> None:
                 *(["--qat", str(n), "export.qat_lr=5e-5"] if n else []), *(["--gptq", str(g)] if g else [])],
                steps, f"export {name}",
                kept=RUN / "exports" / name / "parity.json")
-    out = RUN / "exports" / "gguf-auto"
-    if auto_report() is None and wanted("gguf-auto"):
-        sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", "auto", "--max-drop",
-            f"{BUDGET_POINTS:g}", "--out", str(out), "--overwrite", "export.auto_questions=500"],
-           steps, f"export gguf auto (max drop {BUDGET_POINTS:g})", kept=out / "auto.json")
+    for folder, flags in AUTO_FOLDERS.items():
+        out = RUN / "exports" / folder
+        if not (out / "parity.json").exists() and not (out / "auto.json").exists() and wanted(folder):
+            sh([str(BIN / "tinyllm-export"), str(STUDENT), "--format", "gguf", "--quant", "auto", "--max-drop",
+                f"{BUDGET_POINTS:g}", *flags, "--out", str(out), "--overwrite", "export.auto_questions=500"],
+               steps, f"export {folder} (max drop {BUDGET_POINTS:g})", kept=out / "auto.json")
 
 
 def contestants() -> list[str]:
@@ -358,7 +369,8 @@ def write_md(report: dict, steps: list[dict], run_id: str | None) -> None:
                     + ("within" if p["diff_points"] >= -budget else "**outside**") + f" its {budget:g}-point budget"
                     + ("" if p["ci95"][0] >= -budget else " by the point estimate, its interval reaching below"))
 
-        lines += [f"**`--quant auto --max-drop {BUDGET_POINTS:g}`** on {auto['questions']} questions of {auto['split']} "
+        flags = " ".join(AUTO_FOLDERS[auto_folder()])
+        lines += [f"**`--quant auto --max-drop {BUDGET_POINTS:g}{' ' + flags if flags else ''}`** on {auto['questions']} questions of {auto['split']} "
                   f"(never the test split; torch EM there {auto['torch_em']:.1f}%; rule: {auto['rule']}): "
                   + (f"chose **{auto['chosen']}**." if auto["chosen"] else
                      f"**certified nothing**: the tightest bound any candidate reached is "
