@@ -292,7 +292,8 @@ class ExportConfig:
     column at a time, each column's error spread over the columns not yet rounded, weighted by the inverse
     Hessian of that matrix's inputs on N of the student's training questions: answer prompt + gold answer);
     llama.cpp then re-quantizes them to exactly those blocks (export/gptq.py). `tinyllm-export --gptq N`.
-    Not with --quant auto, an importance matrix, an adapter or the quantization-aware pass."""
+    With --quant auto, q4_0 and q5_0 so rounded are two more candidates (`q4_0-gptq<N>`, `q5_0-gptq<N>`). Not with
+    an importance matrix, an adapter or the quantization-aware pass."""
     gptq_damp: float = 0.01
     """GPTQ's damping: this fraction of the Hessian's mean diagonal is added to its diagonal before inverting."""
     tensor_types: str = ""

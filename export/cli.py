@@ -51,7 +51,8 @@ def split_source(source: str | None, overrides: tuple[str, ...]) -> tuple[str | 
               "the fp32 student (export.qat_questions; 0 = off).")
 @click.option("--gptq", "gptq_questions", type=int, help="gguf q4_0, q5_0 (or --tensor-type mixes with them): round "
               "their matrices onto llama.cpp's grid with GPTQ's error feedback, on the inputs of this many of the "
-              "student's training questions, instead of nearest rounding (export.gptq_questions; 0 = off).")
+              "student's training questions, instead of nearest rounding (export.gptq_questions; 0 = off); with --quant "
+              "auto, q4_0 and q5_0 so rounded are two more candidates.")
 @click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=TYPE", help="gguf: quantize the "
               "tensors whose GGUF name matches the regular expression PATTERN to TYPE (f16, q8_0, q6_k, q5_k, q5_1, "
               "q5_0, q4_k, q4_1, q4_0, q3_k, q2_k) instead of --quant's type, as llama-quantize's --tensor-type; "
