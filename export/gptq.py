@@ -22,11 +22,11 @@ QUANTS = ("q4_0", "q5_0")
 with `--quant auto` each is one more candidate (`<quant>-gptq<N>`)."""
 
 
-def check(quant: str, imatrix: str, adapter_rank: int, qat_questions: int) -> None:
+def check(quant: str, imatrix: str, adapter_rank: int, qat_questions: int, tensor_types: str = "") -> None:
     """Refuse, before any work, what GPTQ rounding cannot go with (with --quant auto it adds candidates)."""
-    if quant == "f16":
-        raise UserError("export.gptq_questions rounds matrices onto a quantized grid and --quant f16 quantizes nothing; "
-                        "give --quant q4_0, q5_0 or auto.")
+    if quant not in (*QUANTS, "auto") and not tensor_types:
+        raise UserError(f"export.gptq_questions rounds q4_0 and q5_0 matrices, and --quant {quant} has none; give "
+                        "--quant q4_0, q5_0 or auto, or --tensor-type pairs that set some matrices to q4_0/q5_0.")
     if imatrix != "none":
         raise UserError("export.gptq_questions and an importance matrix cannot go together: llama.cpp rounds with its "
                         "own search under one, so the GPTQ blocks would not survive; set export.imatrix=none.")

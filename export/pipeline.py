@@ -236,7 +236,7 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
     if gptq_n:
         from export import gptq
 
-        gptq.check(quant, cfg.export.imatrix, rank, qat_n)
+        gptq.check(quant, cfg.export.imatrix, rank, qat_n, cfg.export.tensor_types)
     tt = cfg.export.tensor_types if fmt == "gguf" else ""
     tt_pairs = gguf_mod.tensor_type_pairs(tt)  # a malformed pair is refused before any work
     if tt:
@@ -285,14 +285,19 @@ def export_student(source: str | None, fmt: str, quant: str | None, out: Path, c
         if gptq_n:
             from export import gptq
 
-            inputs = gptq_inputs(student, cfg, model, tok, gptq_n)
-            if quant == "auto":
-                for grid in gptq.QUANTS:
-                    dst = out / f"student-f16-gptq-{grid}.gguf"
-                    facts = gptq_rounding(student, cfg, model, f16, grid, arch_name, out, tool_log, inputs, dst)
-                    gptq_f16s.append((f"{grid}-gptq{gptq_n}", grid, dst, facts))
-            else:
-                info["gptq"] = gptq_rounding(student, cfg, model, f16, quant, arch_name, out, tool_log, inputs, f16)
+            try:
+                inputs = gptq_inputs(student, cfg, model, tok, gptq_n)
+                if quant == "auto":
+                    for grid in gptq.QUANTS:
+                        dst = out / f"student-f16-gptq-{grid}.gguf"
+                        facts = gptq_rounding(student, cfg, model, f16, grid, arch_name, out, tool_log, inputs, dst)
+                        gptq_f16s.append((f"{grid}-gptq{gptq_n}", grid, dst, facts))
+                else:
+                    info["gptq"] = gptq_rounding(student, cfg, model, f16, quant, arch_name, out, tool_log, inputs,
+                                                 f16)
+            except UserError:
+                shutil.rmtree(out)  # no training data, or no q4_0/q5_0 matrix: leave no half export behind
+                raise
             del inputs
         model_file = f16
         imatrix_file = None

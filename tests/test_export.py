@@ -886,12 +886,13 @@ def test_a_gptq_export_holds_the_rounded_blocks_and_refuses_what_it_cannot_go_wi
     (found,) = [c for c in discover(load_config(None), student) if c["kind"] == "student-gguf"]
     assert found["name"] == "student-gguf-q4_0-gptq16" and "GPTQ" in found["runtime"]
     for args, msg in ((("--quant", "q8_0", "--gptq", "4"), "has none"),
+                      (("--quant", "q8_0", "--tensor-type", "ffn_down=q8_0", "--gptq", "4"), "this student has none"),
                       (("--quant", "q4_0", "--gptq", "4", "--imatrix", "auto"), "cannot go together"),
                       (("--quant", "q4_0", "--gptq", "4", "--qat", "4"), "use one of them")):
         r = export(str(student), "--format", "gguf", *args, "--no-mlflow", "data.name=demo", "--out",
                    str(tmp_path / "no"), cwd=tmp_path)
         assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
-        assert not (tmp_path / "no").exists()
+        assert not (tmp_path / "no").exists() and not (tmp_path / "no.partial").exists()
 
 
 def test_quant_auto_with_gptq_scores_the_gptq_rounded_files_as_candidates_of_their_own(tiny_bpe_student, tmp_path):
